@@ -1,0 +1,32 @@
+//! moat's PKI: everything a team admin would otherwise do with a page of
+//! `openssl` commands, in a form that cannot get it wrong.
+//!
+//! A [`Pki`] is one directory holding the certificate authority, the
+//! gateway's server certificate, the gateway's Ed25519 audit-signing key, the
+//! certificate revocation list and the index of every certificate issued.
+//! Client certificates carry the identity the gateway enforces: the common
+//! name is the user, each organization is a group.
+//!
+//! - [`authority`]: the [`Pki`] itself: init, issue, sign, revoke, re-sign the CRL.
+//! - [`names`]: which user and group names may go into a subject.
+//! - [`index`]: the issued-certificate index.
+//! - [`inspect`]: reading a certificate back (subject, serial, fingerprint).
+//! - [`tls`]: the rustls configurations built from the PKI (the gateway's
+//!   server side, and a client side for tools and tests).
+//! - [`store`]: crash-safe file writes and permission checks.
+//! - [`ttl`]: durations such as `12h` or `30d`.
+
+pub mod authority;
+pub mod error;
+pub mod index;
+pub mod inspect;
+pub mod names;
+pub mod store;
+pub mod tls;
+pub mod ttl;
+
+pub use authority::{Bundle, Issued, Pki, PkiConfig, Validity};
+pub use error::PkiError;
+pub use index::{CertKind, CertStatus, IssuedCert};
+pub use inspect::CertSummary;
+pub use names::Subject;
