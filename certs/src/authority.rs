@@ -31,7 +31,7 @@ use crate::index::{CertKind, Index, IssuedCert};
 use crate::inspect::{CertSummary, normalize_serial};
 use crate::names::{self, Subject};
 use crate::store::{self, DirLock, KEY_MODE, PUBLIC_MODE};
-use crate::{PkiError, ttl};
+use crate::{PkiError, der, ttl};
 
 pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca-key.pem";
@@ -372,24 +372,27 @@ impl Pki {
         names::validate("user name", &subject.user)?;
         let _lock = DirLock::acquire(&self.dir)?;
         let (issuer, ca_pem) = self.issuer()?;
+        for group in &subject.groups {
+            names::validate("group name", group)?;
+        }
         let mut params = leaf_params(validity)?;
         params
             .distinguished_name
             .push(DnType::CommonName, subject.user.as_str());
-        for group in &subject.groups {
-            names::validate("group name", group)?;
-            params
-                .distinguished_name
-                .push(DnType::OrganizationName, group.as_str());
-        }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(public_key, &issuer)?;
-        let record = self.record(CertKind::Client, cert.der())?;
+        let draft = params.signed_by(public_key, &issuer)?;
+        let der = der::with_subject(
+            draft.der(),
+            &der::subject_name(&subject.user, &subject.groups),
+            issuer.key(),
+        )
+        .map_err(PkiError::Tls)?;
+        let record = self.record(CertKind::Client, &der)?;
         let mut index = self.load_index()?;
         index.certs.push(record.clone());
         self.write_json(INDEX, &index, KEY_MODE)?;
         Ok(Issued {
-            cert_pem: cert.pem(),
+            cert_pem: pem_encode("CERTIFICATE", &der),
             key_pem: None,
             ca_pem,
             record,
@@ -651,6 +654,13 @@ fn serial_bytes(hex: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
         .collect()
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// The DER bytes of the first certificate in `pem`.

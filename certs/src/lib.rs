@@ -13,10 +13,12 @@
 //! - [`inspect`]: reading a certificate back (subject, serial, fingerprint).
 //! - [`tls`]: the rustls configurations built from the PKI (the gateway's
 //!   server side, and a client side for tools and tests).
+//! - `der`: the few DER operations rcgen does not do (several `O` values).
 //! - [`store`]: crash-safe file writes and permission checks.
 //! - [`ttl`]: durations such as `12h` or `30d`.
 
 pub mod authority;
+mod der;
 pub mod error;
 pub mod index;
 pub mod inspect;
