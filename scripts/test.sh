@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command from the README: installs what the tests need, builds
+# the workspace, and runs every test (unit and integration).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+cargo test --workspace --locked "$@"
