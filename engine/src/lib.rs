@@ -2,4 +2,12 @@
 //! containers in user namespaces with Docker's default hardening, one
 //! single-threaded shim per container (youki's `libcontainer` inside).
 //!
-//! Filled in by the engine work; today it holds nothing.
+//! - [`config`]: a container's configuration in Docker's JSON shape.
+//! - [`caps`], [`seccomp`]: Docker's default capability set and seccomp
+//!   profile, resolved per container.
+//! - [`error`]: what can go wrong, naming the field, path or id.
+
+pub mod caps;
+pub mod config;
+pub mod error;
+pub mod seccomp;
