@@ -111,7 +111,10 @@ impl<'de> Deserialize<'de> for ApiVersion {
 /// messages are Docker's, word for word.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VersionError {
-    #[error("malformed API version {given:?}: expected MAJOR.MINOR, such as {}", MAX_API_VERSION)]
+    #[error(
+        "malformed API version {given:?}: expected MAJOR.MINOR, such as {}",
+        MAX_API_VERSION
+    )]
     Malformed { given: String },
 
     #[error(
@@ -120,7 +123,10 @@ pub enum VersionError {
     )]
     TooOld { version: ApiVersion },
 
-    #[error("client version {version} is too new. Maximum supported API version is {}", MAX_API_VERSION)]
+    #[error(
+        "client version {version} is too new. Maximum supported API version is {}",
+        MAX_API_VERSION
+    )]
     TooNew { version: ApiVersion },
 }
 
@@ -149,7 +155,10 @@ mod tests {
             "1.41 ", "1.4a", "v1.41", "1.99999",
         ] {
             assert!(
-                matches!(ApiVersion::parse(given), Err(VersionError::Malformed { .. })),
+                matches!(
+                    ApiVersion::parse(given),
+                    Err(VersionError::Malformed { .. })
+                ),
                 "{given:?} parsed"
             );
         }
@@ -174,12 +183,18 @@ mod tests {
     #[test]
     fn range_errors_read_like_dockers() {
         assert_eq!(
-            ApiVersion::new(1, 12).check_supported().unwrap_err().to_string(),
+            ApiVersion::new(1, 12)
+                .check_supported()
+                .unwrap_err()
+                .to_string(),
             "client version 1.12 is too old. Minimum supported API version is 1.24, \
              please upgrade your client to a newer version"
         );
         assert_eq!(
-            ApiVersion::new(9, 99).check_supported().unwrap_err().to_string(),
+            ApiVersion::new(9, 99)
+                .check_supported()
+                .unwrap_err()
+                .to_string(),
             "client version 9.99 is too new. Maximum supported API version is 1.41"
         );
     }
@@ -188,7 +203,10 @@ mod tests {
     fn serializes_as_a_string() {
         let json = serde_json::to_string(&ApiVersion::MAX).unwrap();
         assert_eq!(json, "\"1.41\"");
-        assert_eq!(serde_json::from_str::<ApiVersion>(&json).unwrap(), ApiVersion::MAX);
+        assert_eq!(
+            serde_json::from_str::<ApiVersion>(&json).unwrap(),
+            ApiVersion::MAX
+        );
         assert!(serde_json::from_str::<ApiVersion>("\"1.041\"").is_err());
     }
 }

@@ -29,13 +29,24 @@ enum Command {
     /// Certificates: the CA, the gateway's certificate, users' client certificates
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// (internal) the per-container shim the engine starts
+    #[command(hide = true)]
+    Shim {
+        /// The container's state directory
+        state_dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Shim { state_dir } = &cli.command {
+        // Before anything else: the shim must stay single-threaded.
+        return ExitCode::from(moat_engine::shim::main(state_dir) as u8);
+    }
     let state = state::StateRoot::new(cli.state_root);
     let result = match cli.command {
         Command::Certs(cmd) => certs::run(cmd, &state),
+        Command::Shim { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

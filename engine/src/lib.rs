@@ -7,11 +7,18 @@
 //!   profile, resolved per container.
 //! - [`spec`]: a configuration → the OCI runtime spec, checked field by field.
 //! - [`userns`]: the subordinate id range containers run as.
+//! - [`runtime`]: the container store and lifecycle, through the shims.
+//! - [`shim`]: the per-container process that runs it with libcontainer.
+//! - [`logs`]: Docker's json-file log format.
 //! - [`error`]: what can go wrong, naming the field, path or id.
 
 pub mod caps;
 pub mod config;
 pub mod error;
+mod fsutil;
+pub mod logs;
+pub mod runtime;
 pub mod seccomp;
+pub mod shim;
 pub mod spec;
 pub mod userns;

@@ -116,7 +116,7 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, Con
     };
     let hostname = hostname(config, cx.id)?;
 
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default()
         .terminal(config.tty)
         .args(args)
         .env(environment(config, &hostname)?)
@@ -132,6 +132,12 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, Con
         .capabilities(capability_sets(&capabilities))
         .build()
         .map_err(oci)?;
+    if !security.no_new_privileges {
+        // libcontainer installs the seccomp filter before dropping
+        // capabilities only when this is unset; `Some(false)` would make it
+        // install the filter too late, without the privilege to do so.
+        process.set_no_new_privileges(None);
+    }
 
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces(config, userns)?)

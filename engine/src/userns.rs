@@ -65,6 +65,11 @@ impl IdMap {
                 size: usize.min(gsize),
             }),
             _ if allocate => {
+                // Two engines (or test processes) starting at once must not
+                // both append a range.
+                let lock_path = std::env::temp_dir().join("moat-userns.lock");
+                let lock = fs::File::create(&lock_path).map_err(EngineError::io(&lock_path))?;
+                lock.lock().map_err(EngineError::io(&lock_path))?;
                 ensure_user()?;
                 let uid = match range_of(subuid)? {
                     Some((start, _)) => start,

@@ -1,0 +1,1290 @@
+//! The shim: one small, single-threaded process per running container.
+//!
+//! libcontainer clones with a raw `clone3`, which is not safe from a
+//! multi-threaded process such as the engine, so the engine re-executes its
+//! own binary as `moat shim` for each container start. The shim
+//!
+//! - leaves the host's mount namespace and mounts the container's root
+//!   filesystem in its own (so no mount outlives it),
+//! - creates the container with libcontainer, owning its stdio (pipes, or a
+//!   pty when the container has a TTY),
+//! - writes the container's output to its json-file log and to attached
+//!   clients,
+//! - answers the engine on a control socket (start, kill, wait, exec, ...),
+//! - reaps the init process and records its exit code, finish time and
+//!   whether the OOM killer ended it, atomically, before it exits.
+//!
+//! It detaches from the engine (a new session, re-parented away), so the
+//! engine can be killed, restarted or upgraded while containers run; a new
+//! engine finds the shim again through its sockets and state files.
+
+pub mod exec;
+pub mod protocol;
+pub mod rootfs;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::fsutil;
+use crate::logs::{LogWriter, Rotation, Stream};
+use protocol::{
+    AttachHeader, ExecExit, ExecRequest, ExitStatus, Request, Response, STDERR, STDOUT, ShimState,
+    Status, frame,
+};
+use rootfs::Layers;
+
+/// Files in the container's state directory.
+pub const SHIM_CONFIG: &str = "shim-config.json";
+pub const OCI_SPEC: &str = "config.json";
+pub const SHIM_STATE: &str = "shim.json";
+pub const EXIT_STATUS: &str = "exit.json";
+pub const LOG_FILE: &str = "container.log";
+pub const EXEC_DIR: &str = "execs";
+/// Sockets in the container's run directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+pub const ATTACH_SOCKET: &str = "attach.sock";
+const CONSOLE_SOCKET: &str = "console.sock";
+const LIBCONTAINER_ROOT: &str = "lc";
+
+/// How long output may still arrive after the init process has exited
+/// (a process that left the container's PID namespace may hold a pipe).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// An attached client this far behind is dropped rather than stalling the container.
+const MAX_CLIENT_BACKLOG: usize = 4 << 20;
+
+/// What the engine tells the shim, in `shim-config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimConfig {
+    pub id: String,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub stdin_once: bool,
+    /// Docker's `User`, resolved by the shim once the rootfs is mounted.
+    pub user: String,
+    pub layers: Layers,
+    pub rootfs: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+}
+
+/// `moat shim STATE_DIR`: forks the shim proper, waits until it has created
+/// the container (or failed to), reports that on stdout, and exits.
+pub fn main(state_dir: &Path) -> i32 {
+    let (ready_r, ready_w) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("shim: pipe: {e}");
+            return 1;
+        }
+    };
+    // SAFETY: `moat shim` is a fresh single-threaded process.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => {
+            eprintln!("shim: fork: {e}");
+            1
+        }
+        Ok(ForkResult::Parent { .. }) => {
+            drop(ready_w);
+            // One line, not EOF: the container's init process holds a copy
+            // of the pipe until it execs, which is only after `Start`.
+            let mut report = String::new();
+            let _ = std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(File::from(ready_r)),
+                &mut report,
+            );
+            match report.strip_prefix("ok ") {
+                Some(pid) => {
+                    println!("{}", pid.trim());
+                    0
+                }
+                None if report.is_empty() => {
+                    eprintln!("shim exited before creating the container");
+                    1
+                }
+                None => {
+                    eprintln!("{}", report.trim_start_matches("error ").trim());
+                    1
+                }
+            }
+        }
+        Ok(ForkResult::Child) => {
+            drop(ready_r);
+            let mut ready = File::from(ready_w);
+            detach(state_dir);
+            match Shim::create(state_dir) {
+                Ok(mut shim) => {
+                    let _ = writeln!(ready, "ok {}", shim.init);
+                    drop(ready);
+                    shim.run();
+                    0
+                }
+                Err(message) => {
+                    record_failure(state_dir, &message);
+                    let _ = writeln!(ready, "error {}", message.replace('\n', " "));
+                    1
+                }
+            }
+        }
+    }
+}
+
+/// A new session with no terminal, stdio on /dev/null, stderr on `shim.log`.
+fn detach(state_dir: &Path) {
+    let _ = nix::unistd::setsid();
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+    if let Ok(log) = File::options()
+        .create(true)
+        .append(true)
+        .open(state_dir.join("shim.log"))
+    {
+        let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+    }
+    // libcontainer explains its failures through tracing; they go to shim.log.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(if std::env::var_os("MOAT_SHIM_DEBUG").is_some() {
+            tracing::Level::DEBUG
+        } else {
+            tracing::Level::WARN
+        })
+        .try_init();
+}
+
+/// A container that could not be created ends as Docker reports it:
+/// exit code 127 when the command is missing, 126 otherwise.
+fn record_failure(state_dir: &Path, message: &str) {
+    let code = if message.contains("not found") || message.contains("No such file") {
+        127
+    } else {
+        126
+    };
+    let status = ExitStatus {
+        exit_code: code,
+        finished_at: OffsetDateTime::now_utc(),
+        oom_killed: false,
+        error: message.to_owned(),
+    };
+    let _ = fsutil::write_json(&state_dir.join(EXIT_STATUS), &status);
+}
+
+/// A connection receiving the container's (or an exec's) output.
+struct Client {
+    stream: UnixStream,
+    header: AttachHeader,
+    backlog: Vec<u8>,
+    /// The client has stopped sending (its stdin is done).
+    input_closed: bool,
+}
+
+impl Client {
+    fn new(stream: UnixStream, header: AttachHeader) -> std::io::Result<Client> {
+        stream.set_nonblocking(true)?;
+        Ok(Client {
+            stream,
+            header,
+            backlog: Vec::new(),
+            input_closed: false,
+        })
+    }
+
+    /// Queues output; false when the client is too far behind to keep.
+    fn send(&mut self, bytes: &[u8]) -> bool {
+        if self.backlog.is_empty() {
+            match self.stream.write(bytes) {
+                Ok(n) => self.backlog.extend_from_slice(&bytes[n..]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.backlog.extend_from_slice(bytes)
+                }
+                Err(_) => return false,
+            }
+        } else {
+            self.backlog.extend_from_slice(bytes);
+        }
+        self.backlog.len() <= MAX_CLIENT_BACKLOG
+    }
+
+    /// Writes what it can of the backlog; false when the client is gone.
+    fn flush(&mut self) -> bool {
+        while !self.backlog.is_empty() {
+            match self.stream.write(&self.backlog) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.backlog.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Last chance to deliver the backlog before closing, bounded in time.
+    fn finish(mut self) {
+        let _ = self.stream.set_nonblocking(false);
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
+        let _ = self.stream.write_all(&self.backlog);
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// An exec'd process and its one client.
+struct Exec {
+    id: String,
+    pid: Pid,
+    tty: bool,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    stdin_backlog: Vec<u8>,
+    error_pipe: Option<OwnedFd>,
+    error: String,
+    exit_code: Option<i32>,
+    client: Option<Client>,
+}
+
+/// What a poll slot stands for.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Signals,
+    Control,
+    Attach,
+    Output(u8),
+    Stdin,
+    Client(usize),
+    ExecOutput(usize, u8),
+    ExecStdin(usize),
+    ExecError(usize),
+    ExecClient(usize),
+}
+
+struct Shim {
+    state_dir: PathBuf,
+    config: ShimConfig,
+    spec: Spec,
+    container: Container,
+    init: Pid,
+    started_at: OffsetDateTime,
+    status: Status,
+    log: LogWriter,
+    /// stdout, or the pty master with a TTY.
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    /// The container's stdin (the pty master again with a TTY).
+    stdin: Option<OwnedFd>,
+    stdin_backlog: Vec<u8>,
+    control: UnixListener,
+    attach: UnixListener,
+    signals: SignalFd,
+    clients: Vec<Client>,
+    waiters: Vec<UnixStream>,
+    execs: Vec<Exec>,
+    exit: Option<(i32, Instant)>,
+}
+
+impl Shim {
+    /// Everything up to a created (not yet started) container.
+    fn create(state_dir: &Path) -> Result<Shim, String> {
+        let config: ShimConfig = fsutil::read_json(&state_dir.join(SHIM_CONFIG))
+            .map_err(|e| format!("{}: {e}", state_dir.join(SHIM_CONFIG).display()))?;
+        let spec_path = state_dir.join(OCI_SPEC);
+        let mut spec =
+            Spec::load(&spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+
+        // The container's processes inherit signal dispositions and the
+        // signal mask from the process that forks them: they must be the
+        // defaults (Rust's runtime ignores SIGPIPE) until the container exists.
+        reset_signals();
+
+        rootfs::private_mount_namespace()?;
+        rootfs::mount_layers(&config.layers, &config.rootfs)?;
+        let user = rootfs::resolve_user(&config.rootfs, &config.user)?;
+        set_process_user(&mut spec, &user);
+        spec.save(&spec_path)
+            .map_err(|e| format!("{}: {e}", spec_path.display()))?;
+
+        fs::create_dir_all(&config.run_dir)
+            .map_err(|e| format!("{}: {e}", config.run_dir.display()))?;
+        let mut builder = ContainerBuilder::new(config.id.clone(), SyscallType::default())
+            .with_root_path(config.run_dir.join(LIBCONTAINER_ROOT))
+            .map_err(|e| format!("libcontainer root: {e}"))?;
+        let (mut out, mut err, mut stdin) = (None, None, None);
+        let console = config.run_dir.join(CONSOLE_SOCKET);
+        let console_listener = if config.tty {
+            let _ = fs::remove_file(&console);
+            builder = builder.with_console_socket(Some(&console));
+            Some(UnixListener::bind(&console).map_err(|e| format!("{}: {e}", console.display()))?)
+        } else {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let stdin_r: OwnedFd = if config.open_stdin {
+                let (r, w) = pipe()?;
+                stdin = Some(w);
+                r
+            } else {
+                File::open("/dev/null")
+                    .map_err(|e| format!("/dev/null: {e}"))?
+                    .into()
+            };
+            out = Some(out_r);
+            err = Some(err_r);
+            builder = builder
+                .with_stdin(stdin_r)
+                .with_stdout(out_w)
+                .with_stderr(err_w);
+            None
+        };
+        let mut container = builder
+            .validate_id()
+            .map_err(|e| format!("container id: {e}"))?
+            .as_init(state_dir)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| describe_libcontainer_error(&e.to_string()))?;
+        if let Some(listener) = console_listener {
+            let master = receive_pty_master(&listener).inspect_err(|_| {
+                let _ = container.delete(true);
+            })?;
+            let _ = fs::remove_file(&console);
+            stdin = Some(master.try_clone().map_err(|e| format!("dup: {e}"))?);
+            out = Some(master);
+        }
+        let init = container.pid().ok_or("libcontainer reported no init pid")?;
+
+        // Now the shim's own: SIGCHLD arrives on a descriptor the loop
+        // polls, and the signals that would end a daemon are ignored.
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block()
+            .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| format!("signalfd: {e}"))?;
+        for sig in [
+            Signal::SIGHUP,
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGPIPE,
+        ] {
+            // SAFETY: SIG_IGN installs no handler code.
+            unsafe {
+                let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn);
+            }
+        }
+
+        let control = bind(&config.run_dir.join(CONTROL_SOCKET))?;
+        let attach = bind(&config.run_dir.join(ATTACH_SOCKET))?;
+        let rotation = Rotation {
+            max_size: config.log_max_size,
+            max_file: config.log_max_files,
+        };
+        let log = LogWriter::open(state_dir.join(LOG_FILE), rotation).map_err(|e| e.to_string())?;
+        for fd in [&out, &err, &stdin].into_iter().flatten() {
+            set_nonblocking(fd.as_raw_fd());
+        }
+        let _ = fs::remove_file(state_dir.join(EXIT_STATUS));
+        let shim = Shim {
+            state_dir: state_dir.to_path_buf(),
+            config,
+            spec,
+            container,
+            init,
+            started_at: OffsetDateTime::now_utc(),
+            status: Status::Created,
+            log,
+            out,
+            err,
+            stdin,
+            stdin_backlog: Vec::new(),
+            control,
+            attach,
+            signals,
+            clients: Vec::new(),
+            waiters: Vec::new(),
+            execs: Vec::new(),
+            exit: None,
+        };
+        shim.save_state()?;
+        Ok(shim)
+    }
+
+    fn save_state(&self) -> Result<(), String> {
+        let state = ShimState {
+            status: self.status,
+            shim_pid: std::process::id() as i32,
+            pid: self.init.as_raw(),
+            started_at: self.started_at,
+        };
+        fsutil::write_json(&self.state_dir.join(SHIM_STATE), &state).map_err(|e| e.to_string())
+    }
+
+    /// The event loop, until the container has exited and its output is drained.
+    fn run(&mut self) {
+        loop {
+            if let Some((_, at)) = self.exit {
+                let drained = self.out.is_none() && self.err.is_none();
+                if drained || at.elapsed() > DRAIN_AFTER_EXIT {
+                    break;
+                }
+            }
+            let (slots, events) = self.poll_once();
+            if events.iter().all(|e| e.is_empty()) {
+                // A child that exited before SIGCHLD was routed to the
+                // signal descriptor sent no event: look anyway.
+                self.reap();
+            }
+            for (slot, revents) in slots.into_iter().zip(events) {
+                if revents.is_empty() {
+                    continue;
+                }
+                self.handle(slot, revents);
+            }
+            self.clients.retain_mut(|c| c.flush());
+        }
+        self.finish();
+    }
+
+    fn poll_once(&self) -> (Vec<Slot>, Vec<PollFlags>) {
+        let input = PollFlags::POLLIN;
+        let mut slots = vec![Slot::Signals, Slot::Control, Slot::Attach];
+        let mut fds: Vec<PollFd<'_>> = vec![
+            PollFd::new(self.signals.as_fd(), input),
+            PollFd::new(self.control.as_fd(), input),
+            PollFd::new(self.attach.as_fd(), input),
+        ];
+        for (fd, stream) in [(&self.out, STDOUT), (&self.err, STDERR)] {
+            if let Some(fd) = fd {
+                slots.push(Slot::Output(stream));
+                fds.push(PollFd::new(fd.as_fd(), input));
+            }
+        }
+        if let (Some(fd), false) = (&self.stdin, self.stdin_backlog.is_empty()) {
+            slots.push(Slot::Stdin);
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            let mut flags = if c.input_closed {
+                PollFlags::empty()
+            } else {
+                input
+            };
+            if !c.backlog.is_empty() {
+                flags |= PollFlags::POLLOUT;
+            }
+            slots.push(Slot::Client(i));
+            fds.push(PollFd::new(c.stream.as_fd(), flags));
+        }
+        for (i, e) in self.execs.iter().enumerate() {
+            for (fd, stream) in [(&e.out, STDOUT), (&e.err, STDERR)] {
+                if let Some(fd) = fd {
+                    slots.push(Slot::ExecOutput(i, stream));
+                    fds.push(PollFd::new(fd.as_fd(), input));
+                }
+            }
+            if let (Some(fd), false) = (&e.stdin, e.stdin_backlog.is_empty()) {
+                slots.push(Slot::ExecStdin(i));
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+            }
+            if let Some(fd) = &e.error_pipe {
+                slots.push(Slot::ExecError(i));
+                fds.push(PollFd::new(fd.as_fd(), input));
+            }
+            if let Some(c) = &e.client {
+                let mut flags = if c.input_closed {
+                    PollFlags::empty()
+                } else {
+                    input
+                };
+                if !c.backlog.is_empty() {
+                    flags |= PollFlags::POLLOUT;
+                }
+                slots.push(Slot::ExecClient(i));
+                fds.push(PollFd::new(c.stream.as_fd(), flags));
+            }
+        }
+        let timeout = if self.exit.is_some() { 100u16 } else { 1000 };
+        match poll(&mut fds, PollTimeout::from(timeout)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                eprintln!("shim: poll: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let events = fds
+            .iter()
+            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+            .collect();
+        (slots, events)
+    }
+
+    fn handle(&mut self, slot: Slot, revents: PollFlags) {
+        match slot {
+            Slot::Signals => self.reap(),
+            Slot::Control => {
+                if let Ok((stream, _)) = self.control.accept() {
+                    self.control_request(stream);
+                }
+            }
+            Slot::Attach => {
+                if let Ok((stream, _)) = self.attach.accept() {
+                    self.attach_client(stream);
+                }
+            }
+            Slot::Output(stream) => self.container_output(stream),
+            Slot::Stdin => {
+                if let Some(fd) = &self.stdin
+                    && !write_backlog(fd.as_raw_fd(), &mut self.stdin_backlog)
+                {
+                    self.stdin = None;
+                }
+            }
+            Slot::Client(i) => {
+                if revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                    self.client_input(i);
+                }
+            }
+            Slot::ExecOutput(i, stream) => self.exec_output(i, stream),
+            Slot::ExecStdin(i) => {
+                let e = &mut self.execs[i];
+                if let Some(fd) = &e.stdin
+                    && !write_backlog(fd.as_raw_fd(), &mut e.stdin_backlog)
+                {
+                    e.stdin = None;
+                }
+            }
+            Slot::ExecError(i) => {
+                let e = &mut self.execs[i];
+                if let Some(fd) = e.error_pipe.take() {
+                    let mut text = String::new();
+                    let _ = File::from(fd).read_to_string(&mut text);
+                    e.error = text;
+                }
+                self.finish_exec_if_done(i);
+            }
+            Slot::ExecClient(i) => self.exec_client_input(i),
+        }
+    }
+
+    fn control_request(&mut self, mut stream: UnixStream) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let request: Request = match read_json_line(&mut stream) {
+            Ok(r) => r,
+            Err(e) => {
+                reply(&mut stream, &Response::Error { message: e });
+                return;
+            }
+        };
+        let response = match request {
+            Request::Start => self.start(),
+            Request::Kill { signal } => self.kill(signal),
+            Request::Wait => {
+                if let Some(status) = self.exit_status() {
+                    Response::Exited(status)
+                } else {
+                    self.waiters.push(stream);
+                    return;
+                }
+            }
+            Request::State => Response::State(ShimState {
+                status: self.status,
+                shim_pid: std::process::id() as i32,
+                pid: self.init.as_raw(),
+                started_at: self.started_at,
+            }),
+            Request::Resize { height, width } => match &self.out {
+                Some(fd) if self.config.tty => resize(fd.as_raw_fd(), height, width),
+                _ => Response::Error {
+                    message: "the container has no TTY".into(),
+                },
+            },
+            Request::Pause => self.pause(true),
+            Request::Resume => self.pause(false),
+            Request::Exec(exec) => {
+                if let Err(message) = self.start_exec(exec, stream.try_clone()) {
+                    reply(&mut stream, &Response::Error { message });
+                }
+                return;
+            }
+            Request::ExecResize { id, height, width } => {
+                match self.execs.iter().find(|e| e.id == id && e.tty) {
+                    Some(e) => match &e.out {
+                        Some(fd) => resize(fd.as_raw_fd(), height, width),
+                        None => Response::Ok,
+                    },
+                    None => Response::Error {
+                        message: format!("no running exec {id} with a TTY"),
+                    },
+                }
+            }
+        };
+        reply(&mut stream, &response);
+    }
+
+    fn start(&mut self) -> Response {
+        if self.status != Status::Created {
+            return Response::Error {
+                message: "the container is already started".into(),
+            };
+        }
+        match self.container.start() {
+            Ok(()) => {
+                self.status = Status::Running;
+                self.started_at = OffsetDateTime::now_utc();
+                match self.save_state() {
+                    Ok(()) => Response::Ok,
+                    Err(message) => Response::Error { message },
+                }
+            }
+            Err(e) => Response::Error {
+                message: describe_libcontainer_error(&e.to_string()),
+            },
+        }
+    }
+
+    fn kill(&mut self, signal: i32) -> Response {
+        if self.exit.is_some() {
+            return Response::Error {
+                message: "the container is not running".into(),
+            };
+        }
+        let signal = match Signal::try_from(signal) {
+            Ok(s) => s,
+            Err(_) => {
+                return Response::Error {
+                    message: format!("invalid signal {signal}"),
+                };
+            }
+        };
+        // A paused container must be thawed to act on its signals.
+        if self.status == Status::Paused && matches!(signal, Signal::SIGKILL | Signal::SIGTERM) {
+            let _ = self.container.resume();
+            self.status = Status::Running;
+        }
+        match nix::sys::signal::kill(self.init, signal) {
+            Ok(()) => Response::Ok,
+            Err(e) => Response::Error {
+                message: format!("kill: {e}"),
+            },
+        }
+    }
+
+    fn pause(&mut self, pause: bool) -> Response {
+        let result = if pause {
+            self.container.pause()
+        } else {
+            self.container.resume()
+        };
+        match result {
+            Ok(()) => {
+                self.status = if pause {
+                    Status::Paused
+                } else {
+                    Status::Running
+                };
+                let _ = self.save_state();
+                Response::Ok
+            }
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        }
+    }
+
+    fn attach_client(&mut self, mut stream: UnixStream) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let header: AttachHeader = match read_json_line(&mut stream) {
+            Ok(h) => h,
+            Err(_) => return,
+        };
+        let _ = stream.set_read_timeout(None);
+        if let Ok(client) = Client::new(stream, header) {
+            self.clients.push(client);
+        }
+    }
+
+    /// Reads what the container wrote; logs it and sends it to clients.
+    fn container_output(&mut self, stream: u8) {
+        let fd = if stream == STDOUT {
+            &self.out
+        } else {
+            &self.err
+        };
+        let Some(raw) = fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let mut buf = [0u8; 32 * 1024];
+        match read_fd(raw, &mut buf) {
+            ReadResult::Data(n) => {
+                let data = &buf[..n];
+                let log_stream = if stream == STDOUT {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                if let Err(e) = self.log.write(log_stream, data) {
+                    eprintln!("shim: log: {e}");
+                }
+                let tty = self.config.tty;
+                let framed = if tty {
+                    data.to_vec()
+                } else {
+                    frame(stream, data)
+                };
+                self.clients.retain_mut(|c| {
+                    let wants = if stream == STDOUT {
+                        c.header.stdout
+                    } else {
+                        c.header.stderr
+                    };
+                    !wants || c.send(&framed)
+                });
+            }
+            ReadResult::Again => {}
+            ReadResult::Closed => {
+                if stream == STDOUT {
+                    self.out = None;
+                } else {
+                    self.err = None;
+                }
+            }
+        }
+    }
+
+    /// Bytes from an attached client go to the container's stdin.
+    fn client_input(&mut self, i: usize) {
+        let mut buf = [0u8; 32 * 1024];
+        let client = &mut self.clients[i];
+        match client.stream.read(&mut buf) {
+            Ok(0) => {
+                client.input_closed = true;
+                if client.header.stdin && self.config.stdin_once && !self.config.tty {
+                    self.close_stdin_when_flushed();
+                }
+            }
+            Ok(n) if client.header.stdin => {
+                if self.stdin.is_some() {
+                    self.stdin_backlog.extend_from_slice(&buf[..n]);
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => client.input_closed = true,
+        }
+    }
+
+    fn close_stdin_when_flushed(&mut self) {
+        if let Some(fd) = &self.stdin {
+            let _ = write_backlog(fd.as_raw_fd(), &mut self.stdin_backlog);
+        }
+        self.stdin = None;
+        self.stdin_backlog.clear();
+    }
+
+    fn start_exec(
+        &mut self,
+        request: ExecRequest,
+        stream: std::io::Result<UnixStream>,
+    ) -> Result<(), String> {
+        let mut stream = stream.map_err(|e| e.to_string())?;
+        if self.status != Status::Running || self.exit.is_some() {
+            return Err(format!("container {} is not running", self.config.id));
+        }
+        if request.args.is_empty() {
+            return Err("no command given to exec".into());
+        }
+        if self.execs.iter().any(|e| e.id == request.id) {
+            return Err(format!("exec {} is already running", request.id));
+        }
+        let root = PathBuf::from(format!("/proc/{}/root", self.init));
+        let user_name = if request.user.is_empty() {
+            &self.config.user
+        } else {
+            &request.user
+        };
+        let user = rootfs::resolve_user(&root, user_name)?;
+        let process = self.spec.process().as_ref();
+        let mut env: Vec<String> = process.and_then(|p| p.env().clone()).unwrap_or_default();
+        for var in &request.env {
+            let name = var.split('=').next().unwrap_or_default();
+            env.retain(|e| e.split('=').next() != Some(name));
+            env.push(var.clone());
+        }
+        let cwd = if request.working_dir.is_empty() {
+            process
+                .map(|p| p.cwd().display().to_string())
+                .unwrap_or_else(|| "/".into())
+        } else {
+            request.working_dir.clone()
+        };
+
+        let (stdio, out, err, stdin) = if request.tty {
+            let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+            let slave = pty.slave;
+            let stdio = exec::ExecStdio {
+                stdin: slave.try_clone().map_err(|e| e.to_string())?,
+                stdout: slave.try_clone().map_err(|e| e.to_string())?,
+                stderr: slave,
+                tty: true,
+            };
+            let master = pty.master;
+            let input = request
+                .stdin
+                .then(|| master.try_clone())
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            (stdio, Some(master), None, input)
+        } else {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let (stdin_r, stdin_w) = if request.stdin {
+                let (r, w) = pipe()?;
+                (r, Some(w))
+            } else {
+                (
+                    File::open("/dev/null").map_err(|e| e.to_string())?.into(),
+                    None,
+                )
+            };
+            let stdio = exec::ExecStdio {
+                stdin: stdin_r,
+                stdout: out_w,
+                stderr: err_w,
+                tty: false,
+            };
+            (stdio, Some(out_r), Some(err_r), stdin_w)
+        };
+        let (pid, error_pipe) = exec::spawn(
+            self.init,
+            &self.spec,
+            &exec::ExecProcess {
+                args: &request.args,
+                env,
+                cwd,
+                user,
+                privileged: request.privileged,
+            },
+            stdio,
+        )?;
+        for fd in [&out, &err, &stdin].into_iter().flatten() {
+            set_nonblocking(fd.as_raw_fd());
+        }
+        reply(&mut stream, &Response::Ok);
+        let header = AttachHeader {
+            stdin: request.stdin,
+            stdout: true,
+            stderr: true,
+        };
+        let client = Client::new(stream, header).map_err(|e| e.to_string())?;
+        self.execs.push(Exec {
+            id: request.id,
+            pid,
+            tty: request.tty,
+            out,
+            err,
+            stdin,
+            stdin_backlog: Vec::new(),
+            error_pipe: Some(error_pipe),
+            error: String::new(),
+            exit_code: None,
+            client: Some(client),
+        });
+        Ok(())
+    }
+
+    fn exec_output(&mut self, i: usize, stream: u8) {
+        let e = &mut self.execs[i];
+        let fd = if stream == STDOUT { &e.out } else { &e.err };
+        let Some(raw) = fd.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let mut buf = [0u8; 32 * 1024];
+        match read_fd(raw, &mut buf) {
+            ReadResult::Data(n) => {
+                let bytes = if e.tty {
+                    buf[..n].to_vec()
+                } else {
+                    frame(stream, &buf[..n])
+                };
+                if let Some(c) = &mut e.client
+                    && !c.send(&bytes)
+                {
+                    e.client = None;
+                }
+            }
+            ReadResult::Again => {}
+            ReadResult::Closed => {
+                if stream == STDOUT {
+                    e.out = None;
+                } else {
+                    e.err = None;
+                }
+                self.finish_exec_if_done(i);
+            }
+        }
+    }
+
+    fn exec_client_input(&mut self, i: usize) {
+        let e = &mut self.execs[i];
+        let Some(client) = &mut e.client else {
+            return;
+        };
+        let mut buf = [0u8; 32 * 1024];
+        match client.stream.read(&mut buf) {
+            Ok(0) => {
+                client.input_closed = true;
+                if !e.tty {
+                    // The client's stdin ended: so does the process's.
+                    if let Some(fd) = &e.stdin {
+                        let _ = write_backlog(fd.as_raw_fd(), &mut e.stdin_backlog);
+                    }
+                    e.stdin = None;
+                }
+            }
+            Ok(n) => {
+                if e.stdin.is_some() && client.header.stdin {
+                    e.stdin_backlog.extend_from_slice(&buf[..n]);
+                }
+            }
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => {
+                client.input_closed = true;
+                e.client = None;
+            }
+        }
+        if let Some(c) = &mut e.client
+            && !c.flush()
+        {
+            e.client = None;
+        }
+    }
+
+    /// Collects exited children: the init process, or an exec's.
+    fn reap(&mut self) {
+        while let Ok(Some(_)) = self.signals.read_signal() {}
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.exited(pid, code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => self.exited(pid, 128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    fn exited(&mut self, pid: Pid, code: i32) {
+        if pid == self.init {
+            self.exit = Some((code, Instant::now()));
+            self.status = Status::Exited;
+        } else if let Some(i) = self.execs.iter().position(|e| e.pid == pid) {
+            self.execs[i].exit_code = Some(code);
+            self.finish_exec_if_done(i);
+        }
+    }
+
+    /// An exec is over once its process has exited and its output is read.
+    fn finish_exec_if_done(&mut self, i: usize) {
+        let e = &self.execs[i];
+        let done =
+            e.exit_code.is_some() && e.out.is_none() && e.err.is_none() && e.error_pipe.is_none();
+        if !done {
+            return;
+        }
+        let mut e = self.execs.remove(i);
+        let exit = ExecExit {
+            exit_code: e.exit_code.unwrap_or(126),
+            error: e.error.clone(),
+        };
+        let dir = self.state_dir.join(EXEC_DIR);
+        let _ = fs::create_dir_all(&dir);
+        let _ = fsutil::write_json(&dir.join(format!("{}.json", e.id)), &exit);
+        if let Some(mut client) = e.client.take() {
+            if !e.error.is_empty() {
+                let message = format!("{}\n", e.error);
+                let bytes = if e.tty {
+                    message.into_bytes()
+                } else {
+                    frame(STDERR, message.as_bytes())
+                };
+                client.send(&bytes);
+            }
+            client.finish();
+        }
+    }
+
+    fn exit_status(&self) -> Option<ExitStatus> {
+        fsutil::read_json(&self.state_dir.join(EXIT_STATUS)).ok()
+    }
+
+    /// The container has exited: record how, tell everyone, clean up.
+    fn finish(&mut self) {
+        let code = self.exit.map_or(255, |(code, _)| code);
+        let _ = self.log.flush_partial();
+        let status = ExitStatus {
+            exit_code: code,
+            finished_at: OffsetDateTime::now_utc(),
+            oom_killed: oom_killed(&self.spec),
+            error: String::new(),
+        };
+        if let Err(e) = fsutil::write_json(&self.state_dir.join(EXIT_STATUS), &status) {
+            eprintln!("shim: recording the exit status: {e}");
+        }
+        let _ = self.save_state();
+        for mut waiter in self.waiters.drain(..) {
+            reply(&mut waiter, &Response::Exited(status.clone()));
+        }
+        for client in self.clients.drain(..) {
+            client.finish();
+        }
+        for mut e in self.execs.drain(..) {
+            if let Some(c) = e.client.take() {
+                c.finish();
+            }
+        }
+        if let Err(e) = self.container.delete(true) {
+            eprintln!("shim: deleting the container: {e}");
+        }
+        let _ = fs::remove_dir_all(&self.config.run_dir);
+    }
+}
+
+/// Every signal back to its default action, none blocked.
+pub fn reset_signals() {
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler code.
+        unsafe {
+            let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl);
+        }
+    }
+    let _ = SigSet::empty().thread_set_mask();
+}
+
+fn set_process_user(spec: &mut Spec, user: &rootfs::ProcessUser) {
+    let Some(mut process) = spec.process().clone() else {
+        return;
+    };
+    let mut oci_user = process.user().clone();
+    oci_user.set_uid(user.uid);
+    oci_user.set_gid(user.gid);
+    oci_user.set_additional_gids(Some(user.additional_gids.clone()));
+    process.set_user(oci_user);
+    if user.uid != 0 {
+        // As the kernel would on setuid: a non-root user keeps only the
+        // bounding set, never effective capabilities.
+        if let Some(mut caps) = process.capabilities().clone() {
+            caps.set_effective(Some(Default::default()));
+            caps.set_permitted(Some(Default::default()));
+            caps.set_inheritable(Some(Default::default()));
+            caps.set_ambient(Some(Default::default()));
+            process.set_capabilities(Some(caps));
+        }
+    }
+    spec.set_process(Some(process));
+}
+
+/// Whether the OOM killer acted in the container's memory cgroup.
+fn oom_killed(spec: &Spec) -> bool {
+    let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
+        return false;
+    };
+    let rel = path.to_string_lossy().trim_start_matches('/').to_owned();
+    let read_counter = |file: PathBuf, key: &str| -> Option<u64> {
+        fs::read_to_string(file).ok()?.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+    };
+    let v1 = read_counter(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(&rel)
+            .join("memory.oom_control"),
+        "oom_kill",
+    );
+    let v2 = read_counter(
+        Path::new("/sys/fs/cgroup").join(&rel).join("memory.events"),
+        "oom_kill",
+    );
+    v1.or(v2).unwrap_or(0) > 0
+}
+
+/// libcontainer's errors nest; the innermost message is what a person needs.
+fn describe_libcontainer_error(message: &str) -> String {
+    let inner = message.rsplit("ExecError(\"").next().unwrap_or(message);
+    inner.trim_end_matches(['"', ')']).to_owned()
+}
+
+fn receive_pty_master(listener: &UnixListener) -> Result<OwnedFd, String> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let (stream, _) = listener
+        .accept()
+        .map_err(|e| format!("console socket: {e}"))?;
+    let mut buf = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .map_err(|e| format!("receiving the pty: {e}"))?;
+    for cmsg in msg.cmsgs().map_err(|e| e.to_string())? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: SCM_RIGHTS gave us a new descriptor that we now own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    Err("the console socket sent no pty".into())
+}
+
+fn bind(path: &Path) -> Result<UnixListener, String> {
+    let _ = fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(listener)
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+}
+
+fn set_nonblocking(fd: RawFd) {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
+        let _ = fcntl(
+            fd,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        );
+    }
+}
+
+enum ReadResult {
+    Data(usize),
+    Again,
+    Closed,
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> ReadResult {
+    match nix::unistd::read(fd, buf) {
+        Ok(0) => ReadResult::Closed,
+        Ok(n) => ReadResult::Data(n),
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => ReadResult::Again,
+        // A pty master reads EIO once the last slave is closed.
+        Err(_) => ReadResult::Closed,
+    }
+}
+
+/// Writes what it can; false when the reader is gone.
+fn write_backlog(fd: RawFd, backlog: &mut Vec<u8>) -> bool {
+    while !backlog.is_empty() {
+        // SAFETY: the descriptor is open for as long as its owner is borrowed by the caller.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        match nix::unistd::write(borrowed, backlog) {
+            Ok(n) => {
+                backlog.drain(..n);
+            }
+            Err(nix::errno::Errno::EAGAIN) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn resize(fd: RawFd, height: u16, width: u16) -> Response {
+    let size = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize we own for the length of the call.
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size) } != 0 {
+        return Response::Error {
+            message: format!("resize: {}", std::io::Error::last_os_error()),
+        };
+    }
+    Response::Ok
+}
+
+/// Reads one `\n`-terminated JSON value, byte by byte so that nothing after
+/// the line (an exec's stdin, say) is consumed.
+pub fn read_json_line<T: serde::de::DeserializeOwned>(
+    stream: &mut UnixStream,
+) -> Result<T, String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return Err("connection closed before a request".into()),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => {
+                line.push(byte[0]);
+                if line.len() > 1 << 20 {
+                    return Err("request line too long".into());
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    serde_json::from_slice(&line).map_err(|e| format!("bad request: {e}"))
+}
+
+pub fn write_json_line(stream: &mut UnixStream, value: &impl Serialize) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    stream.write_all(&bytes)
+}
+
+fn reply(stream: &mut UnixStream, response: &Response) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    let _ = write_json_line(stream, response);
+}
+
+/// The exec results a shim left, by exec id.
+pub fn exec_exits(state_dir: &Path) -> HashMap<String, ExecExit> {
+    let mut out = HashMap::new();
+    if let Ok(entries) = fs::read_dir(state_dir.join(EXEC_DIR)) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let (Some(id), Ok(exit)) = (
+                path.file_stem().map(|s| s.to_string_lossy().into_owned()),
+                fsutil::read_json::<ExecExit>(&path),
+            ) {
+                out.insert(id, exit);
+            }
+        }
+    }
+    out
+}
