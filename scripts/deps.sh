@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   pkg-config libseccomp-dev # libcontainer's seccomp support
   busybox-static            # the rootfs of test images
+  tini                      # docker-init for --init
+  gcc libc6-dev             # static probes the security tests run in containers
   openssl                   # interop checks of the PKI
 )
 

@@ -603,3 +603,69 @@ impl Engine {
         result
     }
 }
+
+#[test]
+fn pause_restart_stdin_volumes_and_init() {
+    use std::io::Write;
+    let engine = Engine::new();
+
+    // Pause freezes the container; unpause thaws it.
+    let id = engine.create(&["sleep", "60"], HostConfig::default());
+    engine.rt().start(&id, &[]).unwrap();
+    engine.rt().pause(&id).unwrap();
+    assert_eq!(engine.rt().state(&id).unwrap().status, StateName::Paused);
+    let freezer = format!("/sys/fs/cgroup/freezer/moat-test/{id}/freezer.state");
+    assert_eq!(std::fs::read_to_string(&freezer).unwrap().trim(), "FROZEN");
+    engine.rt().unpause(&id).unwrap();
+    assert_eq!(engine.rt().state(&id).unwrap().status, StateName::Running);
+
+    // Restart gives a new process and counts the restart.
+    let before = engine.rt().state(&id).unwrap().pid;
+    engine.rt().restart(&id, Duration::from_secs(1)).unwrap();
+    let after = engine.rt().state(&id).unwrap();
+    assert_eq!(after.status, StateName::Running);
+    assert_ne!(after.pid, before);
+    assert_eq!(engine.rt().record(&id).unwrap().restart_count, 1);
+    engine.rt().remove(&id, true).unwrap();
+
+    // Stdin reaches the container, and its end ends `cat`.
+    let id = engine.create_with(ContainerConfig {
+        cmd: vec!["cat".into()],
+        open_stdin: true,
+        stdin_once: true,
+        ..Default::default()
+    });
+    let header = AttachHeader {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+    let mut streams = engine.rt().start(&id, &[header]).unwrap();
+    streams[0].write_all(b"piped through\n").unwrap();
+    streams[0].shutdown(std::net::Shutdown::Write).unwrap();
+    let (out, _) = demux_all(&mut streams[0]);
+    assert_eq!(out, "piped through\n");
+    assert_eq!(engine.rt().wait(&id).unwrap().exit_code, 0);
+    engine.rt().remove(&id, false).unwrap();
+
+    // A named volume outlives the container that wrote to it.
+    let host = || HostConfig {
+        binds: vec!["cache:/cache".into()],
+        ..HostConfig::default()
+    };
+    let (code, _, err) = engine.run(&["sh", "-c", "echo kept > /cache/f"], host());
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = engine.run(&["cat", "/cache/f"], host());
+    assert_eq!((code, out.as_str()), (0, "kept\n"));
+
+    // --init runs docker-init as PID 1 in front of the command.
+    let (code, out, err) = engine.run(
+        &["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"],
+        HostConfig {
+            init: Some(true),
+            ..HostConfig::default()
+        },
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("/sbin/docker-init -- sh"), "{out}");
+}
