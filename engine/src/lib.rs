@@ -10,8 +10,10 @@
 //! - [`runtime`]: the container store and lifecycle, through the shims.
 //! - [`shim`]: the per-container process that runs it with libcontainer.
 //! - [`logs`]: Docker's json-file log format.
+//! - [`busybox`]: a root filesystem from the host's busybox-static.
 //! - [`error`]: what can go wrong, naming the field, path or id.
 
+pub mod busybox;
 pub mod caps;
 pub mod config;
 pub mod error;

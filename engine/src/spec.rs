@@ -139,23 +139,23 @@ pub fn build(config: &ContainerConfig, cx: &SpecContext<'_>) -> Result<Spec, Con
         process.set_no_new_privileges(None);
     }
 
-    let mut linux = LinuxBuilder::default()
-        .namespaces(namespaces(config, userns)?)
-        .cgroups_path(PathBuf::from(format!("{}/{}", cx.cgroup_parent, cx.id)))
-        .resources(
-            LinuxResourcesBuilder::default()
-                .devices(device_rules(config)?)
-                .memory(memory(config)?)
-                .pids(
-                    LinuxPidsBuilder::default()
-                        .limit(host.pids_limit.filter(|l| *l > 0).unwrap_or(-1))
-                        .build()
-                        .map_err(oci)?,
-                )
-                .cpu(cpu(config)?)
+    let mut resources = LinuxResourcesBuilder::default()
+        .devices(device_rules(config)?)
+        .memory(memory(config)?)
+        .cpu(cpu(config)?);
+    // No limit is no setting: runtimes disagree on how to write "-1".
+    if let Some(limit) = host.pids_limit.filter(|l| *l > 0) {
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(limit)
                 .build()
                 .map_err(oci)?,
         );
+    }
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces(config, userns)?)
+        .cgroups_path(PathBuf::from(format!("{}/{}", cx.cgroup_parent, cx.id)))
+        .resources(resources.build().map_err(oci)?);
     if userns {
         let uid = LinuxIdMappingBuilder::default()
             .container_id(0u32)

@@ -1,0 +1,81 @@
+//! moat's benchmark harness. Each scenario runs moat and its peers
+//! interleaved (A B A B ...) on the same machine in the same run, and
+//! reports medians, p50/p99 and the median of the per-pair ratios: on a
+//! shared, noisy machine only ratios from one run mean anything.
+//!
+//! `moat-bench [--runs N] [--json FILE] [--moat PATH] [SCENARIO...]`
+//!
+//! Scenarios:
+//! - `lifecycle`: create, start, wait and remove a `/bin/true` container
+//!   through the engine's runtime, against `runc run` and `crun run` on a
+//!   bundle made from the same OCI spec and the same busybox root.
+
+mod lifecycle;
+mod stats;
+
+use std::path::PathBuf;
+
+pub struct Options {
+    pub runs: usize,
+    pub moat: PathBuf,
+    pub work: PathBuf,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(lifecycle::CRUN_WORKER) {
+        lifecycle::crun_worker();
+        return;
+    }
+    let mut options = Options {
+        runs: 30,
+        moat: PathBuf::from("target/release/moat"),
+        work: PathBuf::from("/var/tmp/moat-bench"),
+    };
+    let mut json_out: Option<PathBuf> = None;
+    let mut scenarios = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--runs" => options.runs = it.next().and_then(|n| n.parse().ok()).expect("--runs N"),
+            "--json" => json_out = it.next().map(PathBuf::from),
+            "--moat" => options.moat = it.next().map(PathBuf::from).expect("--moat PATH"),
+            "--work" => options.work = it.next().map(PathBuf::from).expect("--work DIR"),
+            "-h" | "--help" => {
+                println!(
+                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle]"
+                );
+                return;
+            }
+            other => scenarios.push(other.to_owned()),
+        }
+    }
+    if scenarios.is_empty() {
+        scenarios.push("lifecycle".into());
+    }
+    let moat = std::fs::canonicalize(&options.moat).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (build it: cargo build --release -p moat)",
+            options.moat.display()
+        )
+    });
+    options.moat = moat;
+
+    let mut rows = Vec::new();
+    for scenario in &scenarios {
+        match scenario.as_str() {
+            "lifecycle" => rows.extend(lifecycle::run(&options)),
+            other => {
+                eprintln!("unknown scenario {other:?}");
+                std::process::exit(2);
+            }
+        }
+    }
+    println!();
+    println!("{}", stats::table(&rows));
+    if let Some(path) = json_out {
+        let json = serde_json::to_string_pretty(&stats::json(&rows)).expect("serializes");
+        std::fs::write(&path, json + "\n").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        println!("JSON written to {}", path.display());
+    }
+}
