@@ -669,3 +669,46 @@ fn pause_restart_stdin_volumes_and_init() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("/sbin/docker-init -- sh"), "{out}");
 }
+
+#[test]
+fn read_only_rootfs_and_auto_remove() {
+    let engine = Engine::new();
+    let (code, _, err) = engine.run(
+        &["touch", "/made"],
+        HostConfig {
+            readonly_rootfs: true,
+            ..HostConfig::default()
+        },
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("Read-only file system"), "{err}");
+    // /tmp-like tmpfs mounts stay writable.
+    let mut tmpfs = std::collections::BTreeMap::new();
+    tmpfs.insert("/scratch".to_owned(), "size=1m".to_owned());
+    let (code, _, err) = engine.run(
+        &["touch", "/scratch/ok"],
+        HostConfig {
+            readonly_rootfs: true,
+            tmpfs,
+            ..HostConfig::default()
+        },
+    );
+    assert_eq!(code, 0, "{err}");
+
+    let id = engine.create(
+        &["true"],
+        HostConfig {
+            auto_remove: true,
+            ..HostConfig::default()
+        },
+    );
+    engine.rt().start(&id, &[]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.rt().record(&id).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
