@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::rootfs::{busybox_layer, static_probe};
-use moat_engine::config::{ContainerConfig, HostConfig};
+use moat_api::container::{ContainerConfig, HostConfig};
 use moat_engine::runtime::{CreateRequest, Runtime, RuntimeConfig, StateName};
 use moat_engine::shim::protocol::{AttachHeader, ExecRequest};
 use moat_engine::userns::IdMap;

@@ -16,12 +16,14 @@
 //!   segments, length caps ([`TargetError`]).
 //! - [`version`]: the `/vX.Y` prefix and the range served ([`ApiVersion`]).
 //! - [`reference`](mod@reference): the tables rendered as Markdown for `docs/routes.md`.
+//! - [`container`]: the body of `container.create` (Docker's `Config` and
+//!   `HostConfig`), parsed the same way by the gateway and the engine.
 //!
-//! Request and response bodies are not here yet. This crate depends on no
-//! other moat crate.
+//! This crate depends on no other moat crate.
 
 pub mod action;
 pub mod classify;
+pub mod container;
 pub mod object;
 pub mod reference;
 pub mod routes;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use moat_engine::config::ContainerConfig;
+use moat_api::container::ContainerConfig;
 use moat_engine::runtime::{CreateRequest, Runtime, RuntimeConfig};
 use moat_engine::spec::{self, SpecContext};
 use moat_engine::userns::{self, IdMap};

@@ -2,7 +2,6 @@
 //! containers in user namespaces with Docker's default hardening, one
 //! single-threaded shim per container (youki's `libcontainer` inside).
 //!
-//! - [`config`]: a container's configuration in Docker's JSON shape.
 //! - [`caps`], [`seccomp`]: Docker's default capability set and seccomp
 //!   profile, resolved per container.
 //! - [`spec`]: a configuration → the OCI runtime spec, checked field by field.
@@ -15,7 +14,6 @@
 
 pub mod busybox;
 pub mod caps;
-pub mod config;
 pub mod error;
 mod fsutil;
 pub mod logs;

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::config::ContainerConfig;
 use crate::error::{ConfigError, EngineError, Result};
 use crate::fsutil;
 use crate::shim::protocol::{
@@ -33,6 +32,7 @@ use crate::shim::{
 };
 use crate::spec::{self, Source, SpecContext};
 use crate::userns::IdMap;
+use moat_api::container::ContainerConfig;
 
 const RECORD: &str = "container.json";
 const TMP_PREFIX: &str = ".creating-";

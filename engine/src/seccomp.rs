@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::caps;
-use crate::config::null_default;
 use crate::error::ConfigError;
+use moat_api::container::null_default;
 
 const DOCKER_DEFAULT: &str = include_str!("../data/docker-default-seccomp.json");
 

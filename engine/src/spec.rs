@@ -17,10 +17,10 @@ use oci_spec::runtime::{
     LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
-use crate::config::ContainerConfig;
 use crate::error::ConfigError;
 use crate::userns::IdMap;
 use crate::{caps, seccomp};
+use moat_api::container::ContainerConfig;
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -746,7 +746,7 @@ fn oci(e: impl std::fmt::Display) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DeviceMapping, HostConfig};
+    use moat_api::container::{DeviceMapping, HostConfig};
 
     fn cx<'a>(dir: &'a Path) -> SpecContext<'a> {
         SpecContext {

@@ -1,6 +1,8 @@
 //! A container's configuration, in the shape of the Docker Engine API's
 //! `Config` and `HostConfig` objects (the JSON `docker create` sends), for
-//! the fields the runtime acts on.
+//! the fields the engine acts on. The gateway decides on exactly these
+//! types and the engine runs exactly these, so a field the gateway did not
+//! see is a field the engine ignores.
 //!
 //! Docker's clients send `null` for many empty fields, so every collection
 //! and flag here reads `null` as empty; fields the runtime does not act on
@@ -11,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// `null` → the type's default, anything else as usual.
-pub(crate) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+pub fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Default + Deserialize<'de>,
