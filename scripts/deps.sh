@@ -9,6 +9,8 @@ packages=(
   tini                      # docker-init for --init
   gcc libc6-dev             # static probes the security tests run in containers
   openssl                   # interop checks of the PKI
+  curl                      # raw HTTP requests in the tests
+  bsdutils                  # `script`, a pty for `docker run -it` in the tests
 )
 
 missing=()
@@ -24,4 +26,10 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# docker-py, the second real client the tests drive (from PyPI).
+if ! python3 -c 'import docker' 2>/dev/null; then
+  echo "installing docker-py"
+  python3 -m pip install --quiet --disable-pip-version-check docker
 fi

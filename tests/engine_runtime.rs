@@ -77,6 +77,7 @@ impl Engine {
                 name: None,
                 config,
                 image: "busybox:test".into(),
+                image_id: String::new(),
                 layers: vec![self.layer.clone()],
             })
             .unwrap()
@@ -490,6 +491,7 @@ fn configurations_that_cannot_run_fail_cleanly() {
                     ..Default::default()
                 },
                 image: "busybox:test".into(),
+                image_id: String::new(),
                 layers: vec![engine.layer.clone()],
             })
             .unwrap_err();
@@ -505,6 +507,7 @@ fn configurations_that_cannot_run_fail_cleanly() {
                 ..Default::default()
             },
             image: "x".into(),
+            image_id: String::new(),
             layers: vec![PathBuf::from("/no/such/layer")],
         })
         .unwrap_err();

@@ -16,15 +16,19 @@
 //!   segments, length caps ([`TargetError`]).
 //! - [`version`]: the `/vX.Y` prefix and the range served ([`ApiVersion`]).
 //! - [`reference`](mod@reference): the tables rendered as Markdown for `docs/routes.md`.
+//! - [`query`]: the query string, parsed as dockerd parses it.
 //! - [`container`]: the body of `container.create` (Docker's `Config` and
 //!   `HostConfig`), parsed the same way by the gateway and the engine.
+//! - [`exec`]: the bodies of `exec.create` and `exec.start`.
 //!
 //! This crate depends on no other moat crate.
 
 pub mod action;
 pub mod classify;
 pub mod container;
+pub mod exec;
 pub mod object;
+pub mod query;
 pub mod reference;
 pub mod routes;
 pub mod target;

@@ -111,6 +111,7 @@ fn moat_once(runtime: &Runtime, config: &ContainerConfig, layer: &Path) -> Durat
             name: None,
             config: config.clone(),
             image: "busybox".into(),
+            image_id: String::new(),
             layers: vec![layer.to_path_buf()],
         })
         .expect("create");

@@ -2,6 +2,7 @@
 //! policy and audit tools join it as subcommands.
 
 mod certs;
+mod engine;
 mod state;
 
 use std::process::ExitCode;
@@ -29,11 +30,30 @@ enum Command {
     /// Certificates: the CA, the gateway's certificate, users' client certificates
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// The Docker-compatible engine, on a Unix socket
+    Engine(engine::EngineArgs),
+    /// Write a busybox root filesystem (from the host's busybox-static) into DIR
+    #[command(
+        after_help = "Example:\n  moat busybox-rootfs /tmp/rootfs && tar -C /tmp/rootfs -c . | docker import - busybox:test"
+    )]
+    BusyboxRootfs {
+        /// The directory to fill (created if missing)
+        dir: std::path::PathBuf,
+    },
     /// (internal) the per-container shim the engine starts
     #[command(hide = true)]
     Shim {
         /// The container's state directory
         state_dir: std::path::PathBuf,
+    },
+    /// (internal) reads or writes a container's files for `docker cp`
+    #[command(hide = true)]
+    ShimArchive {
+        #[arg(value_parser = ["stat", "get", "put"])]
+        mode: String,
+        state_dir: std::path::PathBuf,
+        path: String,
+        shim_pid: Option<i32>,
     },
 }
 
@@ -43,10 +63,30 @@ fn main() -> ExitCode {
         // Before anything else: the shim must stay single-threaded.
         return ExitCode::from(moat_engine::shim::main(state_dir) as u8);
     }
+    if let Command::ShimArchive {
+        mode,
+        state_dir,
+        path,
+        shim_pid,
+    } = &cli.command
+    {
+        // Single-threaded too: it enters a mount namespace.
+        use moat_engine::shim::archive::{Mode, main};
+        let mode = match mode.as_str() {
+            "stat" => Mode::Stat,
+            "get" => Mode::Get,
+            _ => Mode::Put,
+        };
+        return ExitCode::from(main(mode, state_dir, path, *shim_pid) as u8);
+    }
     let state = state::StateRoot::new(cli.state_root);
     let result = match cli.command {
         Command::Certs(cmd) => certs::run(cmd, &state),
-        Command::Shim { .. } => unreachable!("handled above"),
+        Command::Engine(args) => engine::run(args, &state),
+        Command::BusyboxRootfs { dir } => {
+            moat_engine::busybox::write_rootfs(&dir).map_err(anyhow::Error::from)
+        }
+        Command::Shim { .. } | Command::ShimArchive { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

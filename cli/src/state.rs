@@ -25,4 +25,8 @@ impl StateRoot {
     pub fn pki(&self) -> PathBuf {
         self.root.join("pki")
     }
+
+    pub fn engine(&self) -> PathBuf {
+        self.root.join("engine")
+    }
 }

@@ -6,19 +6,25 @@
 //!   profile, resolved per container.
 //! - [`spec`]: a configuration → the OCI runtime spec, checked field by field.
 //! - [`userns`]: the subordinate id range containers run as.
+//! - [`server`]: the Docker Engine API on a Unix socket.
+//! - [`images`]: the image store (OCI layout, unpacked layers per remap root).
 //! - [`runtime`]: the container store and lifecycle, through the shims.
 //! - [`shim`]: the per-container process that runs it with libcontainer.
 //! - [`logs`]: Docker's json-file log format.
 //! - [`busybox`]: a root filesystem from the host's busybox-static.
 //! - [`error`]: what can go wrong, naming the field, path or id.
 
+#![recursion_limit = "256"]
+
 pub mod busybox;
 pub mod caps;
 pub mod error;
 mod fsutil;
+pub mod images;
 pub mod logs;
 pub mod runtime;
 pub mod seccomp;
+pub mod server;
 pub mod shim;
 pub mod spec;
 pub mod userns;

@@ -68,6 +68,9 @@ pub struct ContainerRecord {
     pub config: ContainerConfig,
     /// The image reference it was created from, as given.
     pub image: String,
+    /// The image's id (`sha256:...`) at creation.
+    #[serde(default)]
+    pub image_id: String,
     /// Read-only layers, top first, owned by the ids the container runs as.
     pub layers: Vec<PathBuf>,
     pub userns: bool,
@@ -107,12 +110,24 @@ impl StateName {
     }
 }
 
+/// One reading of a container's resource use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSample {
+    pub pids: u64,
+    pub memory_usage: u64,
+    pub memory_limit: u64,
+    pub cpu_total_ns: u64,
+    pub system_cpu_ns: u64,
+    pub online_cpus: u32,
+}
+
 /// A container to create.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
     pub name: Option<String>,
     pub config: ContainerConfig,
     pub image: String,
+    pub image_id: String,
     /// Read-only layers, top first, prepared for `config`'s user namespace mode.
     pub layers: Vec<PathBuf>,
 }
@@ -334,6 +349,7 @@ impl Runtime {
                 created: OffsetDateTime::now_utc(),
                 config: request.config.clone(),
                 image: request.image.clone(),
+                image_id: request.image_id.clone(),
                 layers: request.layers.clone(),
                 userns,
                 restart_count: 0,
@@ -662,6 +678,18 @@ impl Runtime {
         Ok(state)
     }
 
+    /// The shim's pid while the container runs.
+    pub fn shim_pid(&self, id: &str) -> Option<i32> {
+        let state: ShimState = fsutil::read_json(&self.dir(id).join(SHIM_STATE)).ok()?;
+        (process_alive(state.shim_pid) && !self.dir(id).join(EXIT_STATUS).exists())
+            .then_some(state.shim_pid)
+    }
+
+    /// The container's state directory.
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.dir(id)
+    }
+
     /// Every container's record.
     pub fn list(&self) -> Result<Vec<ContainerRecord>> {
         let dir = self.containers_dir();
@@ -704,6 +732,71 @@ impl Runtime {
                 "multiple containers found with id prefix {reference}"
             ))),
         }
+    }
+
+    /// The container's cgroup directory in `controller`'s hierarchy (v1),
+    /// or in the unified hierarchy.
+    fn cgroup_dir(&self, id: &str, controller: &str) -> PathBuf {
+        let rel = format!("{}/{id}", self.config.cgroup_parent.trim_matches('/'));
+        let v1 = Path::new("/sys/fs/cgroup").join(controller).join(&rel);
+        if v1.exists() {
+            v1
+        } else {
+            Path::new("/sys/fs/cgroup").join(rel)
+        }
+    }
+
+    /// The host pids of the container's processes.
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        let file = self.cgroup_dir(id, "pids").join("cgroup.procs");
+        let text = fs::read_to_string(&file)
+            .map_err(|_| EngineError::Conflict(format!("container {id} is not running")))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// One sample of the container's resource use, from its cgroups.
+    pub fn stats(&self, id: &str) -> Result<StatsSample> {
+        let read = |controller: &str, files: &[&str]| -> u64 {
+            let dir = self.cgroup_dir(id, controller);
+            files
+                .iter()
+                .find_map(|f| fs::read_to_string(dir.join(f)).ok())
+                .and_then(|v| {
+                    let v = v.trim();
+                    if v == "max" {
+                        Some(u64::MAX)
+                    } else {
+                        v.split_whitespace().next()?.parse().ok()
+                    }
+                })
+                .unwrap_or(0)
+        };
+        if !self.cgroup_dir(id, "pids").exists() {
+            return Err(EngineError::Conflict(format!(
+                "container {id} is not running"
+            )));
+        }
+        let system = fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().next()?.to_owned();
+                Some(
+                    line.split_whitespace()
+                        .skip(1)
+                        .filter_map(|v| v.parse::<u64>().ok())
+                        .sum::<u64>(),
+                )
+            })
+            .unwrap_or(0);
+        Ok(StatsSample {
+            pids: read("pids", &["pids.current"]),
+            memory_usage: read("memory", &["memory.usage_in_bytes", "memory.current"]),
+            memory_limit: read("memory", &["memory.limit_in_bytes", "memory.max"]),
+            cpu_total_ns: read("cpuacct", &["cpuacct.usage"]),
+            // /proc/stat counts USER_HZ (100 per second) ticks.
+            system_cpu_ns: system * 10_000_000,
+            online_cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        })
     }
 
     fn find_by_name(&self, name: &str) -> Result<Option<String>> {

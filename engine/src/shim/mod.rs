@@ -18,6 +18,7 @@
 //! engine can be killed, restarted or upgraded while containers run; a new
 //! engine finds the shim again through its sockets and state files.
 
+pub mod archive;
 pub mod exec;
 pub mod protocol;
 pub mod rootfs;
