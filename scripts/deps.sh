@@ -10,6 +10,7 @@ packages=(
   gcc libc6-dev             # static probes the security tests run in containers
   openssl                   # interop checks of the PKI
   curl                      # raw HTTP requests in the tests
+  skopeo umoci              # OCI image interop checks
   bsdutils                  # `script`, a pty for `docker run -it` in the tests
 )
 

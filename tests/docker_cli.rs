@@ -202,7 +202,7 @@ fn bad_input_gets_dockers_errors_and_the_engine_keeps_serving() {
         &["create", "--name", "taken", "busybox:test", "true"],
         "is already in use",
     );
-    fails_with(&["create", "no/such:image", "true"], "No such image");
+    fails_with(&["create", "no/such:image", "true"], "Unable to find image");
     fails_with(
         &["create", "UPPER:case", "true"],
         "invalid reference format",
@@ -216,7 +216,7 @@ fn bad_input_gets_dockers_errors_and_the_engine_keeps_serving() {
     );
     fails_with(
         &["run", "--rm", "--memory", "1k", "busybox:test", "true"],
-        "Minimum memory limit",
+        "minimum memory limit allowed is 6MB",
     );
 
     // Raw requests the CLI would never send.
@@ -224,6 +224,7 @@ fn bad_input_gets_dockers_errors_and_the_engine_keeps_serving() {
         let out = std::process::Command::new("curl")
             .args([
                 "-s",
+                "--path-as-is",
                 "-o",
                 "/dev/null",
                 "-w",

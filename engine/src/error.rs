@@ -23,7 +23,7 @@ impl ConfigError {
 pub enum EngineError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("no such container: {0}")]
+    #[error("No such container: {0}")]
     NoSuchContainer(String),
     #[error("conflict: {0}")]
     Conflict(String),

@@ -422,8 +422,10 @@ impl Runtime {
             .map_err(|e| EngineError::runtime(id, format!("starting the shim: {e}")))?;
         if !output.status.success() {
             let mut message = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-            // libcontainer's own account of the failure, when it gave one.
-            if let Some(detail) = last_error_line(&dir.join("shim.log")) {
+            // libcontainer's own account of the failure, when it adds something.
+            if let Some(detail) = last_error_line(&dir.join("shim.log"))
+                && !message.contains(detail.rsplit(": ").next().unwrap_or(&detail))
+            {
                 message = format!("{message}: {detail}");
             }
             return Err(EngineError::runtime(id, message));
@@ -914,9 +916,7 @@ pub fn validate_name(name: &str) -> Result<String, ConfigError> {
     if !valid {
         return Err(ConfigError::invalid(
             "name",
-            format!(
-                "invalid container name ({name:?}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-            ),
+            format!("Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"),
         ));
     }
     Ok(name.to_owned())

@@ -13,7 +13,10 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn new(user: impl Into<String>, groups: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        user: impl Into<String>,
+        groups: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         Identity {
             user: user.into(),
             groups: groups.into_iter().map(Into::into).collect(),

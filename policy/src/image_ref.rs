@@ -231,7 +231,10 @@ mod tests {
             ("busybox:test", "docker.io/library/busybox"),
             ("library/alpine", "docker.io/library/alpine"),
             ("docker.io/alpine", "docker.io/library/alpine"),
-            ("index.docker.io/library/alpine:1", "docker.io/library/alpine"),
+            (
+                "index.docker.io/library/alpine:1",
+                "docker.io/library/alpine",
+            ),
             ("alice/app", "docker.io/alice/app"),
             ("localhost/app", "localhost/app"),
             ("localhost:5000/team/app:1.0", "localhost:5000/team/app"),

@@ -36,11 +36,11 @@ impl ObjectForm {
     pub fn describe(self) -> &'static str {
         match self {
             ObjectForm::Any => "`*`",
-            ObjectForm::HostPath => "host path, lexically normalized (`/srv/data`)",
+            ObjectForm::HostPath => "host path, lexically normalized (`/srv/data`, `/dev/fuse`)",
             ObjectForm::Capability => "capability without `CAP_` (`SYS_ADMIN`, `ALL`)",
             ObjectForm::Port => "host port (`80`)",
             ObjectForm::Repository => {
-                "repository (`docker.io/library/alpine`), or `sha256:ID` for an image id"
+                "repository (`docker.io/library/alpine`); for `image.use` also `sha256:ID`, an image id"
             }
             ObjectForm::Url => "URL or git address, as given",
             ObjectForm::Name => "name, as given",
@@ -110,7 +110,7 @@ macro_rules! privileges {
 privileges! {
     /// Run a privileged container (all capabilities, no seccomp, all devices).
     Privileged = "container.privileged", Any, "`HostConfig.Privileged`";
-    /// Add a capability beyond the default set.
+    /// Add a capability (each one asked for, even one Docker gives by default).
     CapAdd = "container.cap_add", Capability, "each of `HostConfig.CapAdd`";
     /// Put a container under a chosen cgroup.
     CgroupParent = "container.cgroup_parent", Name, "`HostConfig.CgroupParent` (create, update); `cgroupparent` (build)";
@@ -159,7 +159,7 @@ privileges! {
     /// Mount a named volume.
     VolumeUse = "volume.use", Name, "`HostConfig.Binds` with a name as source, `HostConfig.Mounts` of type `volume`";
     /// Create a volume with a driver other than `local`, or with driver options.
-    VolumeDriver = "volume.driver", Name, "`Driver`/`DriverOpts` (volume.create); the object is the driver";
+    VolumeDriver = "volume.driver", Name, "`Driver`/`DriverOpts` (volume.create), a `volume` mount's `DriverConfig` (create); the object is the driver";
     /// Create a network with a driver other than `bridge`, or with driver options.
     NetworkDriver = "network.driver", Name, "`Driver`/`Options` (network.create); the object is the driver";
     /// Exec as root (or as the container's default user, which is root unless the image says otherwise).
@@ -299,7 +299,10 @@ mod tests {
         for permission in Permission::all() {
             assert_eq!(permission.as_str().parse::<Permission>(), Ok(permission));
             let json = serde_json::to_string(&permission).unwrap();
-            assert_eq!(serde_json::from_str::<Permission>(&json).unwrap(), permission);
+            assert_eq!(
+                serde_json::from_str::<Permission>(&json).unwrap(),
+                permission
+            );
         }
         assert!("container.exec".parse::<Permission>().is_err());
     }

@@ -350,13 +350,19 @@ impl ImageStore {
         Ok(rows)
     }
 
+    /// `docker image inspect`.
     pub fn inspect(&self, reference: &str) -> Result<ImageDetails> {
         let catalog = self.read_catalog()?;
         let (index, _) = find(&catalog.images, reference)?;
         let image = &catalog.images[index];
         let config = &image.config;
+        // Oldest first, as in the config; ids and tags are `history`'s.
         let mut history = history_of(image);
         history.reverse();
+        for item in &mut history {
+            item.id = None;
+            item.tags.clear();
+        }
         Ok(ImageDetails {
             id: image.id.clone(),
             repo_tags: image.familiar_tags(),

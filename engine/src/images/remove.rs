@@ -128,7 +128,7 @@ impl ImageStore {
         }
         for descriptor in &catalog.foreign {
             if let Ok(digest) = descriptor_digest("index.json", descriptor) {
-                blobs.insert(digest);
+                self.mark_reachable(&digest, descriptor.media_type().as_ref(), &mut blobs, 0);
             }
         }
         let mut freed = 0;
@@ -162,6 +162,42 @@ impl ImageStore {
             }
         }
         Ok(freed)
+    }
+}
+
+impl ImageStore {
+    /// Marks `digest` and, for an index or manifest another tool put in the
+    /// layout (a multi-platform index, say), everything it references.
+    fn mark_reachable(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+        blobs: &mut HashSet<Digest>,
+        depth: usize,
+    ) {
+        if !blobs.insert(digest.clone())
+            || depth > 8
+            || !(media_type.contains("manifest") || media_type.contains("index"))
+        {
+            return;
+        }
+        let Ok(bytes) = self.layout.read_blob(digest) else {
+            return;
+        };
+        let Ok(document) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return;
+        };
+        let config = document.get("config").into_iter();
+        let listed = ["manifests", "layers"]
+            .iter()
+            .filter_map(|key| document.get(key).and_then(|v| v.as_array()))
+            .flatten();
+        for child in config.chain(listed) {
+            let child_type = child["mediaType"].as_str().unwrap_or_default();
+            if let Some(child_digest) = child["digest"].as_str().and_then(Digest::parse) {
+                self.mark_reachable(&child_digest, child_type, blobs, depth + 1);
+            }
+        }
     }
 }
 

@@ -946,6 +946,57 @@ fn concurrent_changes_lose_nothing() {
 }
 
 #[test]
+fn what_other_tools_add_to_the_layout_survives_collection() {
+    let (root, store) = store();
+    import(&store, "ours", Some("ours"));
+    // A multi-platform index, as `skopeo copy --all` would add it.
+    let config = docker_config(&rootfs_tar("theirs"));
+    let layer = rootfs_tar("theirs");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{}", sha256_hex(&config)), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": format!("sha256:{}", sha256_hex(&layer)), "size": layer.len()}],
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": format!("sha256:{}", sha256_hex(&manifest)), "size": manifest.len(),
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    }))
+    .unwrap();
+    let blobs = root.path().join("images/blobs/sha256");
+    for blob in [&config, &layer, &manifest, &index] {
+        fs::write(blobs.join(sha256_hex(blob)), blob).unwrap();
+    }
+    let mut top = index_json(root.path());
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{}", sha256_hex(&index)), "size": index.len(),
+            "annotations": {REF_NAME_ANNOTATION: "theirs"},
+        }));
+    fs::write(root.path().join("images/index.json"), top.to_string()).unwrap();
+
+    assert_eq!(
+        store.list().unwrap().len(),
+        1,
+        "only image manifests are images here"
+    );
+    store.remove("ours", false, &nobody).unwrap();
+    store.prune(false, &nobody).unwrap();
+    for blob in [&config, &layer, &manifest, &index] {
+        assert!(blobs.join(sha256_hex(blob)).exists());
+    }
+    let names = index_json(root.path())["manifests"].to_string();
+    assert!(names.contains("theirs"), "{names}");
+}
+
+#[test]
 fn error_statuses() {
     let io = ImageError::Io {
         path: PathBuf::from("/x"),

@@ -139,10 +139,30 @@ async fn start_container(engine: &Arc<Engine>, id: &str) -> Result<(), ApiError>
                     .stream
                     .send(Err(crate::error::EngineError::Conflict(e.message.clone())));
             }
-            // A failed start is an exit too: `docker run` is waiting for it.
+            // A failed start is an exit too: `docker run` is waiting for it
+            // (and, with --rm, for the removal).
             if let Ok(status) = engine.runtime.exit_status(id) {
                 let run = next_run(&lifecycle);
-                lifecycle.send_replace(Lifecycle::Exited { run, status });
+                lifecycle.send_replace(Lifecycle::Exited {
+                    run,
+                    status: status.clone(),
+                });
+                if let Ok(record) = engine.runtime.record(id) {
+                    engine.events.container_with(
+                        &record,
+                        "die",
+                        &[("exitCode", status.exit_code.to_string())],
+                    );
+                    if record.config.host_config.auto_remove {
+                        let runtime = engine.runtime.clone();
+                        let id_owned = id.to_owned();
+                        let _ = blocking(move || Ok(runtime.remove(&id_owned, true)?)).await;
+                        engine.events.container(&record, "destroy");
+                        lifecycle.send_replace(Lifecycle::Removed {
+                            status: Some(status),
+                        });
+                    }
+                }
             }
             Err(e)
         }
@@ -421,6 +441,20 @@ fn inspect_json(engine: &Engine, record: &ContainerRecord, state: &ContainerStat
         .filter(|e| e.container == record.id && e.running())
         .map(|e| e.id.clone())
         .collect();
+    let mut host_config = serde_json::to_value(&config.host_config).unwrap_or_default();
+    if let Some(object) = host_config.as_object_mut() {
+        object.insert(
+            "LogConfig".into(),
+            json!({ "Type": "json-file", "Config": {} }),
+        );
+        object.insert(
+            "RestartPolicy".into(),
+            json!({ "Name": "no", "MaximumRetryCount": 0 }),
+        );
+        if config.host_config.network_mode.is_empty() {
+            object.insert("NetworkMode".into(), json!("default"));
+        }
+    }
     let mut docker_config = serde_json::to_value(config).unwrap_or_default();
     if let Some(object) = docker_config.as_object_mut() {
         object.remove("HostConfig");
@@ -446,7 +480,7 @@ fn inspect_json(engine: &Engine, record: &ContainerRecord, state: &ContainerStat
         "ProcessLabel": "",
         "AppArmorProfile": "",
         "ExecIDs": if execs.is_empty() { Value::Null } else { json!(execs) },
-        "HostConfig": config.host_config,
+        "HostConfig": host_config,
         "GraphDriver": { "Name": "overlay", "Data": { "UpperDir": dir.join("upper"), "WorkDir": dir.join("work") } },
         "Mounts": [],
         "Config": docker_config,
@@ -769,7 +803,7 @@ pub async fn top(engine: Arc<Engine>, call: Call) -> ApiResult {
                 String::from_utf8_lossy(&output.stderr).trim()
             )));
         }
-        Ok(ps_table(&String::from_utf8_lossy(&output.stdout), &pids)?)
+        ps_table(&String::from_utf8_lossy(&output.stdout), &pids)
     })
     .await?;
     Ok(json(StatusCode::OK, &value))

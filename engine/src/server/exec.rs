@@ -69,10 +69,11 @@ fn record(engine: &Engine, id: &str) -> Result<ExecRecord, ApiError> {
     let record = execs
         .get_mut(id)
         .ok_or_else(|| ApiError::not_found(format!("No such exec instance: {id}")))?;
-    if record.started && record.exit_code.is_none() {
-        if let Some(exit) = engine.runtime.exec_exit(&record.container, id) {
-            record.exit_code = Some(exit.exit_code);
-        }
+    if record.started
+        && record.exit_code.is_none()
+        && let Some(exit) = engine.runtime.exec_exit(&record.container, id)
+    {
+        record.exit_code = Some(exit.exit_code);
     }
     Ok(record.clone())
 }

@@ -1132,10 +1132,23 @@ fn oom_killed(spec: &Spec) -> bool {
     v1.or(v2).unwrap_or(0) > 0
 }
 
-/// libcontainer's errors nest; the innermost message is what a person needs.
+/// libcontainer's errors nest; the innermost message is what a person
+/// needs, in the words the docker CLI looks for (it exits 127 on
+/// "executable file not found").
 fn describe_libcontainer_error(message: &str) -> String {
-    let inner = message.rsplit("ExecError(\"").next().unwrap_or(message);
-    inner.trim_end_matches(['"', ')']).to_owned()
+    let inner = message
+        .rsplit("error in executing process : ")
+        .next()
+        .unwrap_or(message)
+        .trim_end_matches(['"', ')'])
+        .to_owned();
+    match inner
+        .strip_prefix("executable '")
+        .and_then(|rest| rest.split_once("' not found in $PATH"))
+    {
+        Some((program, _)) => format!("exec: \"{program}\": executable file not found in $PATH"),
+        None => format!("unable to start container process: {inner}"),
+    }
 }
 
 fn receive_pty_master(listener: &UnixListener) -> Result<OwnedFd, String> {

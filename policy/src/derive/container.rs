@@ -54,8 +54,15 @@ pub(super) fn create(query: &Query, body: &[u8], needs: &mut Needs) -> Result<()
 fn capability(name: &str) -> Result<String, DeriveError> {
     let upper = name.trim().to_ascii_uppercase();
     let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
-    if bare.is_empty() || !bare.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') {
-        return Err(field("HostConfig.CapAdd", format!("{name:?} is not a capability")));
+    if bare.is_empty()
+        || !bare
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(field(
+            "HostConfig.CapAdd",
+            format!("{name:?} is not a capability"),
+        ));
     }
     Ok(bare.to_owned())
 }
@@ -71,15 +78,30 @@ fn namespaces(host: &HostConfig, needs: &mut Needs) -> Result<(), DeriveError> {
             &["", "default", "bridge", "none"],
             Permission::HostNetwork,
         ),
-        ("HostConfig.PidMode", &host.pid_mode, &["", "private"], Permission::HostPid),
+        (
+            "HostConfig.PidMode",
+            &host.pid_mode,
+            &["", "private"],
+            Permission::HostPid,
+        ),
         (
             "HostConfig.IpcMode",
             &host.ipc_mode,
             &["", "private", "shareable", "none"],
             Permission::HostIpc,
         ),
-        ("HostConfig.UTSMode", &host.uts_mode, &["", "private"], Permission::HostUts),
-        ("HostConfig.UsernsMode", &host.userns_mode, &["", "private"], Permission::HostUserns),
+        (
+            "HostConfig.UTSMode",
+            &host.uts_mode,
+            &["", "private"],
+            Permission::HostUts,
+        ),
+        (
+            "HostConfig.UsernsMode",
+            &host.userns_mode,
+            &["", "private"],
+            Permission::HostUserns,
+        ),
         (
             "HostConfig.CgroupnsMode",
             &host.cgroupns_mode,
@@ -144,10 +166,18 @@ fn binds(binds: &[String], needs: &mut Needs) -> Result<(), DeriveError> {
         let parts: Vec<&str> = bind.split(':').collect();
         let src = match parts.as_slice() {
             [src, _] | [src, _, _] => *src,
-            _ => return Err(field(FIELD, format!("{bind:?} is not SOURCE:TARGET[:OPTIONS]"))),
+            _ => {
+                return Err(field(
+                    FIELD,
+                    format!("{bind:?} is not SOURCE:TARGET[:OPTIONS]"),
+                ));
+            }
         };
         if src.starts_with('/') {
-            needs.push(Permission::HostBind, hostpath::normalize(src).map_err(|e| field(FIELD, e))?);
+            needs.push(
+                Permission::HostBind,
+                hostpath::normalize(src).map_err(|e| field(FIELD, e))?,
+            );
         } else if src.is_empty() {
             return Err(field(FIELD, format!("{bind:?} has no source")));
         } else {
@@ -209,25 +239,41 @@ pub(super) fn volume_driver(
     }
     if let Some(device) = options.get("device").filter(|d| d.starts_with('/')) {
         let path = hostpath::normalize(device).map_err(|e| field(what, e))?;
-        let bind = options
-            .get("o")
-            .is_some_and(|o| o.split(',').any(|opt| opt.trim() == "bind" || opt.trim() == "rbind"));
-        let permission = if bind { Permission::HostBind } else { Permission::HostDevice };
+        let bind = options.get("o").is_some_and(|o| {
+            o.split(',')
+                .any(|opt| opt.trim() == "bind" || opt.trim() == "rbind")
+        });
+        let permission = if bind {
+            Permission::HostBind
+        } else {
+            Permission::HostDevice
+        };
         needs.push(permission, path);
     }
     Ok(())
 }
 
 /// `PortBindings`: each host port below 1024 (`""` and `0` pick a free
-/// high port). `HostPort` may be a range, `8000-8010`.
-fn ports(bindings: &BTreeMap<String, Vec<PortBinding>>, needs: &mut Needs) -> Result<(), DeriveError> {
+/// high port), in port order. `HostPort` may be a range, `8000-8010`.
+fn ports(
+    bindings: &BTreeMap<String, Option<Vec<PortBinding>>>,
+    needs: &mut Needs,
+) -> Result<(), DeriveError> {
     const FIELD: &str = "HostConfig.PortBindings";
-    for binding in bindings.values().flatten() {
+    // A bitmap, not a list: a body may repeat `1-1023` many times over.
+    const PRIVILEGED: usize = 1024;
+    let mut privileged = [false; PRIVILEGED];
+    for binding in bindings.values().flatten().flatten() {
         let host_port = binding.host_port.trim();
         if host_port.is_empty() {
             continue;
         }
-        let bad = || field(FIELD, format!("{host_port:?} is not a port or a range of ports"));
+        let bad = || {
+            field(
+                FIELD,
+                format!("{host_port:?} is not a port or a range of ports"),
+            )
+        };
         let (low, high) = match host_port.split_once('-') {
             Some((low, high)) => (low.parse::<u16>(), high.parse::<u16>()),
             None => (host_port.parse::<u16>(), host_port.parse::<u16>()),
@@ -238,9 +284,13 @@ fn ports(bindings: &BTreeMap<String, Vec<PortBinding>>, needs: &mut Needs) -> Re
         if low > high {
             return Err(bad());
         }
-        for port in low.max(1)..=high.min(1023) {
-            needs.push(Permission::HostPortPrivileged, port.to_string());
+        let (low, high) = (usize::from(low.max(1)), usize::from(high));
+        if low < PRIVILEGED {
+            privileged[low..=high.min(PRIVILEGED - 1)].fill(true);
         }
+    }
+    for (port, _) in privileged.iter().enumerate().filter(|(_, on)| **on) {
+        needs.push(Permission::HostPortPrivileged, port.to_string());
     }
     Ok(())
 }
@@ -256,9 +306,9 @@ struct ExtraConfig {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 struct ExtraHostConfig {
-    /// `{"80/tcp": [{"HostIp": "", "HostPort": "80"}]}`
+    /// `{"80/tcp": [{"HostIp": "", "HostPort": "80"}], "22/tcp": null}`
     #[serde(default, deserialize_with = "null_default")]
-    port_bindings: BTreeMap<String, Vec<PortBinding>>,
+    port_bindings: BTreeMap<String, Option<Vec<PortBinding>>>,
     /// Same order as `HostConfig.Mounts`.
     #[serde(default, deserialize_with = "null_default")]
     mounts: Vec<ExtraMount>,
@@ -312,11 +362,18 @@ struct UpdateConfig {
 /// `container.update`: the action on the container, its devices and
 /// cgroup parent. Device cgroup rules and device requests (GPUs) cannot be
 /// judged by path and are refused.
-pub(super) fn update(container: Option<&str>, body: &[u8], needs: &mut Needs) -> Result<(), DeriveError> {
+pub(super) fn update(
+    container: Option<&str>,
+    body: &[u8],
+    needs: &mut Needs,
+) -> Result<(), DeriveError> {
     let update: UpdateConfig = parse(Action::ContainerUpdate, body)?;
     needs.action(Action::ContainerUpdate, container);
     if !update.device_cgroup_rules.is_empty() {
-        return Err(field("DeviceCgroupRules", "device cgroup rules are not supported"));
+        return Err(field(
+            "DeviceCgroupRules",
+            "device cgroup rules are not supported",
+        ));
     }
     if !update.device_requests.is_empty() {
         return Err(field("DeviceRequests", "device requests are not supported"));

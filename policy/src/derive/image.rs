@@ -86,7 +86,11 @@ pub(super) fn push(image: Option<&str>, needs: &mut Needs) -> Result<(), DeriveE
 
 /// `image.tag`: on the source image as the path names it, and
 /// `image.name` on the new name.
-pub(super) fn tag(image: Option<&str>, query: &Query, needs: &mut Needs) -> Result<(), DeriveError> {
+pub(super) fn tag(
+    image: Option<&str>,
+    query: &Query,
+    needs: &mut Needs,
+) -> Result<(), DeriveError> {
     needs.action(Action::ImageTag, image);
     named(query, true, needs)
 }
@@ -131,7 +135,8 @@ pub(super) fn build(query: &Query, needs: &mut Needs) -> Result<(), DeriveError>
         let repository = image_ref::repository(name).map_err(query_error("t"))?;
         needs.push(Permission::ImageName, repository);
     }
-    if let Some(remote) = single(query, "remote")?.filter(|r| !r.is_empty() && *r != CLIENT_SESSION) {
+    if let Some(remote) = single(query, "remote")?.filter(|r| !r.is_empty() && *r != CLIENT_SESSION)
+    {
         needs.push(Permission::BuildRemote, remote);
     }
     match single(query, "networkmode")?.unwrap_or("") {

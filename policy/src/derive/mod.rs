@@ -16,6 +16,8 @@
 mod container;
 mod image;
 
+use std::collections::HashSet;
+
 use moat_api::exec::{ExecConfig, ExecStartConfig};
 use moat_api::query::{Query, QueryError};
 use moat_api::{Action, BodyUse, ClassifyError, Route, classify};
@@ -140,14 +142,15 @@ pub fn derive_request(
     Ok((route, requirements))
 }
 
-/// Requirements in order, each once.
+/// Requirements in order, each once. The set keeps a body with thousands
+/// of repeated binds or port ranges linear.
 #[derive(Default)]
-pub(crate) struct Needs(Vec<Requirement>);
+pub(crate) struct Needs(Vec<Requirement>, HashSet<Requirement>);
 
 impl Needs {
     fn push(&mut self, permission: impl Into<Permission>, object: impl Into<String>) {
         let requirement = Requirement::new(permission, object);
-        if !self.0.contains(&requirement) {
+        if self.1.insert(requirement.clone()) {
             self.0.push(requirement);
         }
     }
@@ -236,7 +239,10 @@ fn volume_create(body: Option<&[u8]>, needs: &mut Needs) -> Result<(), DeriveErr
             driver_opts: None,
         },
     };
-    needs.action(Action::VolumeCreate, spec.name.as_deref().filter(|n| !n.is_empty()));
+    needs.action(
+        Action::VolumeCreate,
+        spec.name.as_deref().filter(|n| !n.is_empty()),
+    );
     container::volume_driver(
         "DriverOpts",
         spec.driver.as_deref().unwrap_or(""),
@@ -261,8 +267,15 @@ struct NetworkCreateBody {
 /// options can name a host bridge).
 fn network_create(body: &[u8], needs: &mut Needs) -> Result<(), DeriveError> {
     let spec: NetworkCreateBody = parse(Action::NetworkCreate, body)?;
-    needs.action(Action::NetworkCreate, spec.name.as_deref().filter(|n| !n.is_empty()));
-    let driver = spec.driver.as_deref().filter(|d| !d.is_empty()).unwrap_or("bridge");
+    needs.action(
+        Action::NetworkCreate,
+        spec.name.as_deref().filter(|n| !n.is_empty()),
+    );
+    let driver = spec
+        .driver
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .unwrap_or("bridge");
     if driver != "bridge" || spec.options.is_some_and(|o| !o.is_empty()) {
         needs.push(Permission::NetworkDriver, driver);
     }
@@ -315,4 +328,4 @@ fn auth(body: &[u8], needs: &mut Needs) -> Result<(), DeriveError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
