@@ -40,6 +40,7 @@ impl Engine {
             cgroup_parent: "/moat-test".into(),
             log_max_size: 0,
             log_max_files: 1,
+            remove_on_exit: true,
         };
         let runtime = Runtime::open(config.clone()).unwrap();
         Engine {

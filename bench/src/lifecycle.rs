@@ -44,6 +44,7 @@ pub fn run(options: &Options) -> Vec<Row> {
         cgroup_parent: "/moat-bench".into(),
         log_max_size: 0,
         log_max_files: 1,
+        remove_on_exit: true,
     })
     .expect("engine runtime");
     let config = ContainerConfig {

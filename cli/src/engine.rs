@@ -51,6 +51,7 @@ pub fn run(args: EngineArgs, state: &StateRoot) -> Result<()> {
         cgroup_parent: "/moat".into(),
         log_max_size: args.log_max_size,
         log_max_files: args.log_max_files,
+        remove_on_exit: false,
     })
     .context("engine state")?;
     let engine = Arc::new(Engine::new(runtime, images));

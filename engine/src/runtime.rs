@@ -56,6 +56,10 @@ pub struct RuntimeConfig {
     /// json-file rotation: `max-size` in bytes (0: never) and `max-file`.
     pub log_max_size: u64,
     pub log_max_files: u32,
+    /// Remove `AutoRemove` containers when they exit, from a thread of the
+    /// runtime's own. The API server turns this off: it removes them itself
+    /// after reading the exit status its clients wait for.
+    pub remove_on_exit: bool,
 }
 
 /// What is persisted about a container (`container.json`).
@@ -435,7 +439,7 @@ impl Runtime {
             streams.push(self.attach(id, header)?);
         }
         self.request(id, &Request::Start)?;
-        if record.config.host_config.auto_remove {
+        if record.config.host_config.auto_remove && self.config.remove_on_exit {
             self.remove_after_exit(id);
         }
         Ok(streams)
@@ -447,7 +451,16 @@ impl Runtime {
         let dir = self.dir(id);
         let run_dir = self.run_dir(id);
         std::thread::spawn(move || {
-            if wait_on(&socket).is_ok() {
+            // The shim may be gone already (a short-lived container): then
+            // its exit status is on disk.
+            let exited = wait_on(&socket).is_ok() || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !dir.join(EXIT_STATUS).exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                dir.join(EXIT_STATUS).exists()
+            };
+            if exited {
                 let _ = fs::remove_dir_all(&dir);
                 let _ = fs::remove_dir_all(&run_dir);
             }

@@ -78,9 +78,11 @@ impl EngineProcess {
         format!("unix://{}", self.socket.display())
     }
 
-    /// A `docker` command aimed at this engine, with its own config dir.
+    /// A `docker` command aimed at this engine, with its own config dir,
+    /// ended after 60 seconds so a hang shows which command it was.
     pub fn docker_cmd(&self) -> Command {
-        let mut cmd = Command::new("docker");
+        let mut cmd = Command::new("timeout");
+        cmd.args(["--kill-after=5", "60", "docker"]);
         cmd.env("DOCKER_HOST", self.host())
             .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
             .env_remove("DOCKER_TLS_VERIFY")
