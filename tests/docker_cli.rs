@@ -348,3 +348,96 @@ fn docker_cp_both_ways_stays_inside_the_container() {
         "docker cp followed a container symlink onto the host"
     );
 }
+
+/// Open descriptors and threads of a process.
+fn fds_and_tasks(pid: u32) -> (usize, usize) {
+    let count = |dir: String| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    (
+        count(format!("/proc/{pid}/fd")),
+        count(format!("/proc/{pid}/task")),
+    )
+}
+
+#[test]
+fn clients_that_hang_up_mid_stream_leak_nothing() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let engine = engine_with_busybox();
+    let id = engine
+        .docker_ok(&[
+            "run",
+            "-d",
+            "busybox:test",
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 0.05; done",
+        ])
+        .trim()
+        .to_owned();
+    let shim_state = engine
+        .path("state/engine/containers")
+        .join(&id)
+        .join("shim.json");
+    let shim: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shim_state).unwrap()).unwrap();
+    let shim_pid = shim["shim_pid"].as_u64().unwrap() as u32;
+
+    let hang_up = |request: &str| {
+        let mut stream = UnixStream::connect(&engine.socket).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0);
+        // Dropped here, mid-stream.
+    };
+    let logs =
+        format!("GET /v1.41/containers/{id}/logs?follow=1&stdout=1 HTTP/1.1\r\nHost: moat\r\n\r\n");
+    let attach = format!(
+        "POST /v1.41/containers/{id}/attach?stream=1&stdout=1&stderr=1 HTTP/1.1\r\nHost: moat\r\n\
+         Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+    );
+    // Long enough for tokio's idle blocking threads (kept 10 s) to go too.
+    let settle = || std::thread::sleep(std::time::Duration::from_secs(12));
+
+    for _ in 0..20 {
+        hang_up(&logs);
+        hang_up(&attach);
+    }
+    settle();
+    let (engine_fds, engine_tasks) = fds_and_tasks(engine.pid());
+    let (shim_fds, _) = fds_and_tasks(shim_pid);
+    for _ in 0..500 {
+        hang_up(&logs);
+        hang_up(&attach);
+    }
+    settle();
+    let (engine_fds_after, engine_tasks_after) = fds_and_tasks(engine.pid());
+    let (shim_fds_after, _) = fds_and_tasks(shim_pid);
+    let targets = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/fd", engine.pid()))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .map(|t| t.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        engine_fds_after <= engine_fds + 8,
+        "engine fds {engine_fds} -> {engine_fds_after}: {:?}",
+        targets().iter().take(20).collect::<Vec<_>>()
+    );
+    assert!(
+        engine_tasks_after <= engine_tasks + 8,
+        "engine tasks {engine_tasks} -> {engine_tasks_after}"
+    );
+    assert!(
+        shim_fds_after <= shim_fds + 4,
+        "shim fds {shim_fds} -> {shim_fds_after}"
+    );
+    assert_eq!(engine.docker_ok(&["exec", &id, "echo", "alive"]), "alive\n");
+}

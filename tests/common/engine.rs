@@ -61,6 +61,11 @@ impl EngineProcess {
         }
     }
 
+    /// The engine process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("engine.log")).unwrap_or_default()
     }

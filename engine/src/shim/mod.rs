@@ -197,6 +197,9 @@ struct Client {
     backlog: Vec<u8>,
     /// The client has stopped sending (its stdin is done).
     input_closed: bool,
+    /// Gone or too far behind; swept out after the current round of events
+    /// (removing it at once would shift the indices the round refers to).
+    dead: bool,
 }
 
 impl Client {
@@ -207,6 +210,7 @@ impl Client {
             header,
             backlog: Vec::new(),
             input_closed: false,
+            dead: false,
         })
     }
 
@@ -263,6 +267,8 @@ struct Exec {
     error: String,
     exit_code: Option<i32>,
     client: Option<Client>,
+    /// Finished and reported; swept out after the current round of events.
+    done: bool,
 }
 
 /// What a poll slot stands for.
@@ -461,7 +467,8 @@ impl Shim {
                 }
                 self.handle(slot, revents);
             }
-            self.clients.retain_mut(|c| c.flush());
+            self.clients.retain_mut(|c| !c.dead && c.flush());
+            self.execs.retain(|e| !e.done);
         }
         self.finish();
     }
@@ -568,7 +575,9 @@ impl Shim {
             }
             Slot::ExecOutput(i, stream) => self.exec_output(i, stream),
             Slot::ExecStdin(i) => {
-                let e = &mut self.execs[i];
+                let Some(e) = self.execs.get_mut(i).filter(|e| !e.done) else {
+                    return;
+                };
                 if let Some(fd) = &e.stdin
                     && !write_backlog(fd.as_raw_fd(), &mut e.stdin_backlog)
                 {
@@ -576,7 +585,9 @@ impl Shim {
                 }
             }
             Slot::ExecError(i) => {
-                let e = &mut self.execs[i];
+                let Some(e) = self.execs.get_mut(i).filter(|e| !e.done) else {
+                    return;
+                };
                 if let Some(fd) = e.error_pipe.take() {
                     let mut text = String::new();
                     let _ = File::from(fd).read_to_string(&mut text);
@@ -753,14 +764,16 @@ impl Shim {
                 } else {
                     frame(stream, data)
                 };
-                self.clients.retain_mut(|c| {
+                for c in self.clients.iter_mut().filter(|c| !c.dead) {
                     let wants = if stream == STDOUT {
                         c.header.stdout
                     } else {
                         c.header.stderr
                     };
-                    !wants || c.send(&framed)
-                });
+                    if wants && !c.send(&framed) {
+                        c.dead = true;
+                    }
+                }
             }
             ReadResult::Again => {}
             ReadResult::Closed => {
@@ -776,7 +789,9 @@ impl Shim {
     /// Bytes from an attached client go to the container's stdin.
     fn client_input(&mut self, i: usize) {
         let mut buf = [0u8; 32 * 1024];
-        let client = &mut self.clients[i];
+        let Some(client) = self.clients.get_mut(i).filter(|c| !c.dead) else {
+            return;
+        };
         match client.stream.read(&mut buf) {
             Ok(0) => {
                 client.input_closed = true;
@@ -791,7 +806,10 @@ impl Shim {
             }
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(_) => client.input_closed = true,
+            Err(_) => {
+                client.input_closed = true;
+                client.dead = true;
+            }
         }
     }
 
@@ -910,12 +928,15 @@ impl Shim {
             error: String::new(),
             exit_code: None,
             client: Some(client),
+            done: false,
         });
         Ok(())
     }
 
     fn exec_output(&mut self, i: usize, stream: u8) {
-        let e = &mut self.execs[i];
+        let Some(e) = self.execs.get_mut(i).filter(|e| !e.done) else {
+            return;
+        };
         let fd = if stream == STDOUT { &e.out } else { &e.err };
         let Some(raw) = fd.as_ref().map(|f| f.as_raw_fd()) else {
             return;
@@ -947,7 +968,9 @@ impl Shim {
     }
 
     fn exec_client_input(&mut self, i: usize) {
-        let e = &mut self.execs[i];
+        let Some(e) = self.execs.get_mut(i).filter(|e| !e.done) else {
+            return;
+        };
         let Some(client) = &mut e.client else {
             return;
         };
@@ -998,7 +1021,7 @@ impl Shim {
         if pid == self.init {
             self.exit = Some((code, Instant::now()));
             self.status = Status::Exited;
-        } else if let Some(i) = self.execs.iter().position(|e| e.pid == pid) {
+        } else if let Some(i) = self.execs.iter().position(|e| e.pid == pid && !e.done) {
             self.execs[i].exit_code = Some(code);
             self.finish_exec_if_done(i);
         }
@@ -1006,13 +1029,15 @@ impl Shim {
 
     /// An exec is over once its process has exited and its output is read.
     fn finish_exec_if_done(&mut self, i: usize) {
-        let e = &self.execs[i];
+        let Some(e) = self.execs.get_mut(i).filter(|e| !e.done) else {
+            return;
+        };
         let done =
             e.exit_code.is_some() && e.out.is_none() && e.err.is_none() && e.error_pipe.is_none();
         if !done {
             return;
         }
-        let mut e = self.execs.remove(i);
+        e.done = true;
         let exit = ExecExit {
             exit_code: e.exit_code.unwrap_or(126),
             error: e.error.clone(),
