@@ -6,12 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 missing=()
-for p in runc crun; do
+for p in runc crun dockerd podman; do
   command -v "$p" >/dev/null || missing+=("$p")
 done
 if ((${#missing[@]})); then
-  echo "installing peers: ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  pkgs=("${missing[@]/dockerd/docker.io}")
+  echo "installing peers: ${pkgs[*]}"
+  # Install without starting services: the harness starts each peer itself,
+  # on its own socket, and stops it after.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
 fi
 cargo build --release --locked -p moat -p moat-bench
 mkdir -p target/bench

@@ -9,7 +9,11 @@
 //! - `lifecycle`: create, start, wait and remove a `/bin/true` container
 //!   through the engine's runtime, against `runc run` and `crun run` on a
 //!   bundle made from the same OCI spec and the same busybox root.
+//! - `cli`: `docker run --rm busybox:test true` with the real CLI, and
+//!   `GET /containers/json` with 100 containers, against dockerd and
+//!   Podman's API service.
 
+mod cli_run;
 mod lifecycle;
 mod stats;
 
@@ -43,7 +47,7 @@ fn main() {
             "--work" => options.work = it.next().map(PathBuf::from).expect("--work DIR"),
             "-h" | "--help" => {
                 println!(
-                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle]"
+                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli]"
                 );
                 return;
             }
@@ -52,6 +56,7 @@ fn main() {
     }
     if scenarios.is_empty() {
         scenarios.push("lifecycle".into());
+        scenarios.push("cli".into());
     }
     let moat = std::fs::canonicalize(&options.moat).unwrap_or_else(|e| {
         panic!(
@@ -65,6 +70,7 @@ fn main() {
     for scenario in &scenarios {
         match scenario.as_str() {
             "lifecycle" => rows.extend(lifecycle::run(&options)),
+            "cli" => rows.extend(cli_run::run(&options)),
             other => {
                 eprintln!("unknown scenario {other:?}");
                 std::process::exit(2);
