@@ -48,8 +48,19 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiEr
 /// Creates `dir` (and parents) with mode 0700 if it does not exist.
 pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
     if !dir.exists() {
+        // Parents (the state root) can be passed through but not listed by
+        // others: the engine's remapped container roots need that.
+        if let Some(parent) = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+        {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(parent)
+                .map_err(PkiError::io(parent))?;
+        }
         fs::DirBuilder::new()
-            .recursive(true)
             .mode(DIR_MODE)
             .create(dir)
             .map_err(PkiError::io(dir))?;

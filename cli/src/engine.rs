@@ -41,6 +41,17 @@ pub fn run(args: EngineArgs, state: &StateRoot) -> Result<()> {
         bail!("the engine runs as root (it creates namespaces, cgroups and mounts)");
     }
     let state_root = state.engine();
+    // The state root is moat's own: make it passable (0711, as dockerd makes
+    // /var/lib/docker) for the containers' remapped roots.
+    std::fs::create_dir_all(state.root())
+        .with_context(|| format!("creating {}", state.root().display()))?;
+    let mode = std::fs::metadata(state.root())?.permissions().mode();
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(
+            state.root(),
+            std::fs::Permissions::from_mode((mode | 0o011) & 0o7777),
+        )?;
+    }
     let id_map = IdMap::for_remap_user().context("user namespaces")?;
     let images = ImageStore::open(&state_root).context("image store")?;
     let runtime = Runtime::open(RuntimeConfig {

@@ -26,6 +26,10 @@ impl StateRoot {
         self.root.join("pki")
     }
 
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     pub fn engine(&self) -> PathBuf {
         self.root.join("engine")
     }
