@@ -192,9 +192,22 @@ pub fn run(options: &Options) -> Vec<Row> {
         );
     }
 
+    // Every engine gets the same command. The ulimits are what this host
+    // allows: Podman's defaults (nofile and nproc 1048576) make runc fail
+    // here, and moat and dockerd leave them as they are.
+    const RUN: [&str; 8] = [
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "busybox:test",
+        "true",
+    ];
     let run_once = |socket: &Path| -> Duration {
         let start = Instant::now();
-        let out = docker(socket, &["run", "--rm", "busybox:test", "true"]);
+        let out = docker(socket, &RUN);
         let elapsed = start.elapsed();
         assert!(
             out.status.success(),
@@ -208,7 +221,7 @@ pub fn run(options: &Options) -> Vec<Row> {
     // reported and left out, not benchmarked.
     run_once(&moat.socket);
     peers.retain(|(name, d)| {
-        let out = docker(&d.socket, &["run", "--rm", "busybox:test", "true"]);
+        let out = docker(&d.socket, &RUN);
         if !out.status.success() {
             eprintln!(
                 "{name} cannot run a container on this host, left out: {}",
