@@ -20,6 +20,7 @@
 //! - [`container`]: the body of `container.create` (Docker's `Config` and
 //!   `HostConfig`), parsed the same way by the gateway and the engine.
 //! - [`exec`]: the bodies of `exec.create` and `exec.start`.
+//! - [`image_ref`]: image references, normalized as Docker normalizes them.
 //!
 //! This crate depends on no other moat crate.
 
@@ -27,6 +28,7 @@ pub mod action;
 pub mod classify;
 pub mod container;
 pub mod exec;
+pub mod image_ref;
 pub mod object;
 pub mod query;
 pub mod reference;

@@ -317,7 +317,7 @@ impl ImageStore {
                 .repo_tags
                 .unwrap_or_default()
                 .iter()
-                .map(|tag| Reference::parse_tag(tag))
+                .map(|tag| Reference::parse_tag(tag).map_err(ImageError::from))
                 .collect::<Result<Vec<_>>>()?;
             images.push(NewImage {
                 config,

@@ -89,11 +89,13 @@ impl ImageError {
             reason: reason.to_string(),
         }
     }
+}
 
-    pub(crate) fn invalid_reference(reference: &str, reason: impl ToString) -> ImageError {
+impl From<moat_api::image_ref::ReferenceError> for ImageError {
+    fn from(e: moat_api::image_ref::ReferenceError) -> ImageError {
         ImageError::InvalidReference {
-            reference: reference.to_owned(),
-            reason: reason.to_string(),
+            reference: e.reference,
+            reason: e.reason,
         }
     }
 }

@@ -27,7 +27,7 @@ mod error;
 mod import;
 mod layer;
 mod layout;
-pub mod reference;
+pub use moat_api::image_ref as reference;
 mod remove;
 
 use std::collections::{BTreeMap, HashMap};
@@ -571,7 +571,7 @@ fn find(images: &[StoredImage], input: &str) -> Result<(usize, Matched)> {
     }
     match parsed {
         Ok(parsed) => Err(ImageError::not_found(parsed.reference.familiar())),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
