@@ -287,6 +287,25 @@ fn host_source(field: &'static str, src: &str) -> Result<Source, ConfigError> {
             format!("bind source path {src:?} does not exist: {e}"),
         )
     })?;
+    // The gateway's policy judges the path as written; what is mounted must
+    // be that path, not wherever a symlink (or `..` after one) leads.
+    let lexical: std::path::PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    if lexical
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+        || real != lexical
+    {
+        return Err(ConfigError::invalid(
+            field,
+            format!(
+                "bind source {src:?} goes through a symlink or '..' (it is {}); give the real path",
+                real.display()
+            ),
+        ));
+    }
     Ok(Source::HostPath(real))
 }
 
@@ -1046,6 +1065,35 @@ mod tests {
         assert!(linux.seccomp().is_none());
         assert!(linux.uid_mappings().is_none());
         assert!(linux.masked_paths().as_ref().is_none_or(|p| p.is_empty()));
+    }
+
+    #[test]
+    fn bind_sources_must_be_their_real_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("link")).unwrap();
+        let bind = |src: String| HostConfig {
+            binds: vec![format!("{src}:/data")],
+            ..HostConfig::default()
+        };
+        let ok = build(
+            &config(&["true"], bind(format!("{}/", real.display()))),
+            &cx(Path::new("/tmp")),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        for src in [
+            format!("{}/link", dir.path().display()),
+            format!("{}/real/../link", dir.path().display()),
+            format!("{}/real/..", dir.path().display()),
+        ] {
+            let err = build(
+                &config(&["true"], bind(src.clone())),
+                &cx(Path::new("/tmp")),
+            )
+            .unwrap_err();
+            assert_eq!(field_of(err), "HostConfig.Binds", "{src}");
+        }
     }
 
     #[test]
