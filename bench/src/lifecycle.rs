@@ -226,18 +226,9 @@ impl Drop for CrunWorker {
 
 /// The worker's side: set up the namespace once, then time each `crun run`.
 pub fn crun_worker() {
-    use nix::mount::{MntFlags, MsFlags, mount, umount2};
-    use nix::sched::{CloneFlags, unshare};
+    use nix::mount::{MntFlags, umount2};
     let bundle = std::env::args().nth(2).expect("bundle");
-    unshare(CloneFlags::CLONE_NEWNS).expect("unshare");
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .expect("make / private");
+    moat_engine::shim::rootfs::private_mount_namespace().expect("a private mount namespace");
     let _ = umount2("/sys/fs/cgroup/unified", MntFlags::MNT_DETACH);
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();

@@ -214,6 +214,19 @@ impl Client {
         })
     }
 
+    /// Readable while it may still send; writable while output waits.
+    fn poll_flags(&self) -> PollFlags {
+        let mut flags = if self.input_closed {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
+        if !self.backlog.is_empty() {
+            flags |= PollFlags::POLLOUT;
+        }
+        flags
+    }
+
     /// Queues output; false when the client is too far behind to keep.
     fn send(&mut self, bytes: &[u8]) -> bool {
         if self.backlog.is_empty() {
@@ -492,16 +505,8 @@ impl Shim {
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
         }
         for (i, c) in self.clients.iter().enumerate() {
-            let mut flags = if c.input_closed {
-                PollFlags::empty()
-            } else {
-                input
-            };
-            if !c.backlog.is_empty() {
-                flags |= PollFlags::POLLOUT;
-            }
             slots.push(Slot::Client(i));
-            fds.push(PollFd::new(c.stream.as_fd(), flags));
+            fds.push(PollFd::new(c.stream.as_fd(), c.poll_flags()));
         }
         for (i, e) in self.execs.iter().enumerate() {
             for (fd, stream) in [(&e.out, STDOUT), (&e.err, STDERR)] {
@@ -519,16 +524,8 @@ impl Shim {
                 fds.push(PollFd::new(fd.as_fd(), input));
             }
             if let Some(c) = &e.client {
-                let mut flags = if c.input_closed {
-                    PollFlags::empty()
-                } else {
-                    input
-                };
-                if !c.backlog.is_empty() {
-                    flags |= PollFlags::POLLOUT;
-                }
                 slots.push(Slot::ExecClient(i));
-                fds.push(PollFd::new(c.stream.as_fd(), flags));
+                fds.push(PollFd::new(c.stream.as_fd(), c.poll_flags()));
             }
         }
         let timeout = if self.exit.is_some() { 100u16 } else { 1000 };
