@@ -108,3 +108,19 @@ mod tests {
         assert_eq!(normalize_serial(""), None);
     }
 }
+
+/// The serials (as [`serial_hex`] writes them) a PEM CRL revokes. The
+/// gateway compares them with its open connections after a CRL reload.
+pub fn crl_revoked_serials(crl_pem: &str) -> Result<Vec<String>, String> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let mut serials = Vec::new();
+    for block in pem::parse_many(crl_pem).map_err(|e| e.to_string())? {
+        let (_, crl) =
+            CertificateRevocationList::from_der(block.contents()).map_err(|e| e.to_string())?;
+        serials.extend(
+            crl.iter_revoked_certificates()
+                .map(|revoked| serial_hex(revoked.raw_serial())),
+        );
+    }
+    Ok(serials)
+}

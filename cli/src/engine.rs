@@ -112,7 +112,7 @@ fn bind(path: &Path, group: &str) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");

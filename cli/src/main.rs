@@ -1,8 +1,10 @@
 //! The one `moat` binary: the PKI tool today; the engine, the gateway, the
 //! policy and audit tools join it as subcommands.
 
+mod audit;
 mod certs;
 mod engine;
+mod gateway;
 mod state;
 
 use std::process::ExitCode;
@@ -30,8 +32,13 @@ enum Command {
     /// Certificates: the CA, the gateway's certificate, users' client certificates
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// The audit log: verify it, search it, follow it, count it, export it
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// The Docker-compatible engine, on a Unix socket
     Engine(engine::EngineArgs),
+    /// The mutual-TLS gateway: identity, policy and audit in front of the engine
+    Gateway(gateway::GatewayArgs),
     /// Write a busybox root filesystem (from the host's busybox-static) into DIR
     #[command(
         after_help = "Example:\n  moat busybox-rootfs /tmp/rootfs && tar -C /tmp/rootfs -c . | docker import - busybox:test"
@@ -82,7 +89,9 @@ fn main() -> ExitCode {
     let state = state::StateRoot::new(cli.state_root);
     let result = match cli.command {
         Command::Certs(cmd) => certs::run(cmd, &state),
+        Command::Audit(cmd) => audit::run(cmd, &state),
         Command::Engine(args) => engine::run(args, &state),
+        Command::Gateway(args) => gateway::run(args, &state),
         Command::BusyboxRootfs { dir } => {
             moat_engine::busybox::write_rootfs(&dir).map_err(anyhow::Error::from)
         }

@@ -30,6 +30,14 @@ impl StateRoot {
         &self.root
     }
 
+    pub fn policy(&self) -> PathBuf {
+        self.root.join("policy")
+    }
+
+    pub fn audit(&self) -> PathBuf {
+        self.root.join("audit")
+    }
+
     pub fn engine(&self) -> PathBuf {
         self.root.join("engine")
     }

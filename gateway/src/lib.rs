@@ -1,6 +1,142 @@
-//! The only network-facing process: terminates mutual TLS, fixes the
-//! caller's identity per connection, classifies and authorizes every Docker
-//! API call (including what is inside its body), writes a tamper-evident
-//! audit record, and forwards the call to the engine's Unix socket.
+//! The gateway: moat's only network-facing process. It terminates mutual
+//! TLS, knows who is calling from the client certificate, decides every
+//! Docker API call (including what its body asks for) against the casbin
+//! policy, writes a tamper-evident audit record, and only then forwards
+//! the call to the engine's Unix socket.
 //!
-//! Filled in by the gateway work; today it holds nothing.
+//! - [`server`]: accepting connections (limits, TLS handshake, timeouts).
+//! - [`tls`]: the server configuration, reloaded when the PKI changes;
+//!   the caller's identity.
+//! - [`sessions`]: open connections, closable when a certificate is
+//!   revoked.
+//! - [`pipeline`]: one call, step by step (DESIGN.md §2).
+//! - [`body`], [`ownership`], [`limits`], [`record`], [`hijack`],
+//!   [`engine`], [`admin`]: the steps' parts.
+//! - [`privilege`]: dropping root after start-up.
+
+pub mod admin;
+pub mod body;
+pub mod engine;
+pub mod framing;
+pub mod hijack;
+pub mod limits;
+pub mod ownership;
+pub mod pipeline;
+pub mod privilege;
+pub mod record;
+pub mod server;
+pub mod sessions;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use moat_certs::tls::ServerOptions;
+use moat_policy::{Enforcer, Policy};
+
+pub use limits::LimitOptions;
+pub use pipeline::Options;
+pub use server::Timeouts;
+
+/// Everything `moat gateway` is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub engine_socket: PathBuf,
+    pub pki_dir: PathBuf,
+    pub policy_dir: PathBuf,
+    pub audit_dir: PathBuf,
+    pub tls: ServerOptions,
+    pub options: Options,
+    pub limits: LimitOptions,
+    pub audit: moat_audit::Options,
+    pub timeouts: Timeouts,
+    pub max_connections: usize,
+    /// How often the PKI directory is checked for a new CRL or certificate.
+    pub reload_every: Duration,
+    /// The account to become after start-up when started as root;
+    /// `None` keeps the current one (only for tests run unprivileged).
+    pub run_as: Option<String>,
+}
+
+/// Starts the gateway and serves until `shutdown` resolves. `ready` is
+/// called with the bound address once it accepts connections.
+pub async fn run(
+    config: Config,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    // Policy first: a directory that exists but does not load stops the
+    // gateway with the reason; there is no allow-all fallback.
+    let policy = Policy::init_dir(&config.policy_dir)
+        .with_context(|| format!("loading the policy from {}", config.policy_dir.display()))?;
+    let tls = Arc::new(
+        tls::TlsState::load(&config.pki_dir, config.tls.clone())
+            .with_context(|| format!("loading TLS material from {}", config.pki_dir.display()))?,
+    );
+    let signer = moat_audit::Signer::load(&config.pki_dir.join(moat_certs::authority::AUDIT_KEY))
+        .context("loading the audit signing key")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr()?;
+
+    if nix::unistd::Uid::effective().is_root()
+        && let Some(name) = &config.run_as
+    {
+        let user = if name == privilege::GATEWAY_USER {
+            privilege::ensure_account()?
+        } else {
+            nix::unistd::User::from_name(name)?.with_context(|| format!("no user {name}"))?
+        };
+        privilege::give_dir(&config.audit_dir, &user, 0o700)?;
+        for entry in std::fs::read_dir(&config.audit_dir)? {
+            let path = entry?.path();
+            nix::unistd::chown(&path, Some(user.uid), Some(user.gid))
+                .with_context(|| format!("chown {}", path.display()))?;
+        }
+        privilege::give_dir(&config.policy_dir, &user, 0o750)?;
+        for entry in std::fs::read_dir(&config.policy_dir)? {
+            let path = entry?.path();
+            nix::unistd::chown(&path, Some(user.uid), Some(user.gid))
+                .with_context(|| format!("chown {}", path.display()))?;
+        }
+        privilege::share_pki(&config.pki_dir, &user)?;
+        privilege::drop_to(&user)?;
+        tracing::info!("running as {name} (uid {}), no capabilities", user.uid);
+    }
+
+    let audit = moat_audit::AuditLog::open(&config.audit_dir, signer, config.audit.clone())
+        .with_context(|| format!("opening the audit log in {}", config.audit_dir.display()))?;
+    let enforcer = Arc::new(Enforcer::new(policy)?);
+    let sessions = sessions::Sessions::default();
+    let admin = admin::Admin {
+        policy_dir: config.policy_dir.clone(),
+        enforcer: enforcer.clone(),
+        audit: audit.clone(),
+        sessions: sessions.clone(),
+    };
+    let gateway = Arc::new(pipeline::Gateway::new(
+        engine::Engine::new(config.engine_socket.clone()),
+        enforcer,
+        audit.clone(),
+        limits::Limits::new(config.limits.clone()),
+        admin,
+        config.options.clone(),
+    ));
+    tokio::spawn(tls.clone().watch(sessions.clone(), config.reload_every));
+    let server = Arc::new(server::Server {
+        gateway,
+        tls,
+        sessions,
+        timeouts: config.timeouts.clone(),
+        max_connections: config.max_connections,
+    });
+    ready(address);
+    server.serve(listener, shutdown).await;
+    audit.close().await.context("closing the audit log")?;
+    Ok(())
+}

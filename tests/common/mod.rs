@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod gateway;
 pub mod rootfs;
 
 use std::collections::BTreeMap;

@@ -556,12 +556,16 @@ fn matches_filters(
     filters: &std::collections::BTreeMap<String, Vec<String>>,
 ) -> bool {
     filters.iter().all(|(key, values)| {
+        // Every label filter must match (Docker's MatchKVList): the
+        // gateway narrows a caller's list by adding one.
+        if key == "label" {
+            return values.iter().all(|value| match value.split_once('=') {
+                Some((k, v)) => record.config.labels.get(k).is_some_and(|l| l == v),
+                None => record.config.labels.contains_key(value.as_str()),
+            });
+        }
         values.is_empty()
             || values.iter().any(|value| match key.as_str() {
-                "label" => match value.split_once('=') {
-                    Some((k, v)) => record.config.labels.get(k).is_some_and(|l| l == v),
-                    None => record.config.labels.contains_key(value.as_str()),
-                },
                 "name" => record.name.contains(value.trim_start_matches('/')),
                 "id" => record.id.starts_with(value.as_str()),
                 "status" => state.status.as_str() == value,

@@ -96,6 +96,15 @@ impl Events {
         let filters = query.filters()?;
         let matches = move |event: &Value| -> bool {
             filters.iter().all(|(key, values)| {
+                // Every label filter must match, as in Docker: the gateway
+                // narrows a caller's events by adding one.
+                if key == "label" {
+                    return values.iter().all(|v| {
+                        let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
+                        let attr = &event["Actor"]["Attributes"][k];
+                        !attr.is_null() && (val.is_empty() || attr == val)
+                    });
+                }
                 values.is_empty()
                     || values.iter().any(|v| match key.as_str() {
                         "type" => event["Type"] == *v.as_str(),
@@ -110,11 +119,6 @@ impl Events {
                         "image" => {
                             event["Actor"]["Attributes"]["image"] == *v.as_str()
                                 || event["from"] == *v.as_str()
-                        }
-                        "label" => {
-                            let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
-                            let attr = &event["Actor"]["Attributes"][k];
-                            !attr.is_null() && (val.is_empty() || attr == val)
                         }
                         _ => false,
                     })

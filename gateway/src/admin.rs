@@ -1,0 +1,158 @@
+//! moat's admin API under `/moat/v1/`, answered by the gateway itself.
+//! The pipeline has already authorized the call (each route is its own
+//! action, e.g. `moat.policy.put`, which the default policy gives only to
+//! `admin`) and audits it like any other.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use moat_api::{Action, Route};
+use moat_policy::{Enforcer, Identity, Policy};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::sessions::{Registration, Sessions};
+
+pub struct Admin {
+    pub policy_dir: PathBuf,
+    pub enforcer: Arc<Enforcer>,
+    pub audit: moat_audit::AuditLog,
+    pub sessions: Sessions,
+}
+
+/// `PUT /moat/v1/policy`: the new `policy.csv` (and optionally a new
+/// `model.conf`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyPut {
+    policy: String,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// `POST /moat/v1/check`: a request to explain for someone.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Check {
+    user: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    method: String,
+    path: String,
+    #[serde(default)]
+    body: Option<serde_json::Value>,
+}
+
+type Answer = (StatusCode, Bytes);
+
+fn ok(value: serde_json::Value) -> Answer {
+    (StatusCode::OK, Bytes::from(value.to_string()))
+}
+
+fn bad(status: StatusCode, message: impl std::fmt::Display) -> Answer {
+    (
+        status,
+        Bytes::from(json!({ "message": format!("moat: {message}") }).to_string()),
+    )
+}
+
+impl Admin {
+    pub async fn serve(&self, route: &Route, conn: &Arc<Registration>, body: &[u8]) -> Answer {
+        let caller = &conn.session.caller;
+        match route.action {
+            Action::MoatWhoami => ok(json!({
+                "user": caller.user,
+                "groups": caller.groups,
+                "roles": self.enforcer.roles(&caller.identity()),
+                "auth": caller.auth,
+                "serial": caller.serial,
+                "fingerprint": caller.fingerprint,
+            })),
+            Action::MoatPolicyGet => {
+                let policy = self.enforcer.policy();
+                ok(json!({ "model": policy.model(), "policy": policy.text() }))
+            }
+            Action::MoatPolicyPut => {
+                let put: PolicyPut = match serde_json::from_slice(body) {
+                    Ok(put) => put,
+                    Err(e) => return bad(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+                };
+                let current = self.enforcer.policy();
+                let model = put.model.as_deref().unwrap_or(current.model());
+                let policy = match Policy::from_text(model, &put.policy) {
+                    Ok(policy) => policy,
+                    Err(e) => {
+                        return bad(
+                            StatusCode::BAD_REQUEST,
+                            format!("the policy was refused and the running one stays: {e}"),
+                        );
+                    }
+                };
+                let dir = self.policy_dir.clone();
+                let written = policy.clone();
+                let saved = tokio::task::spawn_blocking(move || written.write_dir(&dir)).await;
+                match saved {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return bad(StatusCode::INTERNAL_SERVER_ERROR, e),
+                    Err(e) => return bad(StatusCode::INTERNAL_SERVER_ERROR, e),
+                }
+                match self.enforcer.reload(policy) {
+                    Ok(()) => ok(
+                        json!({ "message": "policy replaced", "rules": self.enforcer.policy().rules().len() }),
+                    ),
+                    Err(e) => bad(StatusCode::INTERNAL_SERVER_ERROR, e),
+                }
+            }
+            Action::MoatReload => match self.reload() {
+                Ok(rules) => ok(json!({ "message": "policy reloaded", "rules": rules })),
+                Err(e) => bad(
+                    StatusCode::BAD_REQUEST,
+                    format!("the policy was refused and the running one stays: {e}"),
+                ),
+            },
+            Action::MoatCheck => {
+                let check: Check = match serde_json::from_slice(body) {
+                    Ok(check) => check,
+                    Err(e) => return bad(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+                };
+                let body = check.body.as_ref().map(|b| b.to_string());
+                let derived = moat_policy::derive_request(
+                    &check.method,
+                    &check.path,
+                    body.as_deref().map(str::as_bytes),
+                );
+                match derived {
+                    Ok((_, requirements)) => {
+                        let who = Identity::new(check.user, check.groups);
+                        let explanation = self.enforcer.explain(&who, &requirements);
+                        match serde_json::to_value(&explanation) {
+                            Ok(value) => ok(value),
+                            Err(e) => bad(StatusCode::INTERNAL_SERVER_ERROR, e),
+                        }
+                    }
+                    Err(e) => bad(StatusCode::BAD_REQUEST, e),
+                }
+            }
+            Action::MoatAuditStatus => match serde_json::to_value(self.audit.status()) {
+                Ok(mut value) => {
+                    value["sessions"] = json!(self.sessions.count());
+                    ok(value)
+                }
+                Err(e) => bad(StatusCode::INTERNAL_SERVER_ERROR, e),
+            },
+            other => bad(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("{other} is not served yet"),
+            ),
+        }
+    }
+
+    /// Loads the policy directory again and swaps it in if it is valid.
+    pub fn reload(&self) -> Result<usize, moat_policy::PolicyError> {
+        let policy = Policy::load_dir(&self.policy_dir)?;
+        self.enforcer.reload(policy)?;
+        Ok(self.enforcer.policy().rules().len())
+    }
+}

@@ -1,0 +1,309 @@
+//! Accepting connections: a connection limit, the TLS handshake under a
+//! time limit, the caller's identity from its certificate, then HTTP/1.1
+//! with a header-read timeout (slowloris) and an idle timeout, until the
+//! client leaves, goes idle, or its session is closed from outside.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::body::{Body, Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::{BoxError, GatewayBody};
+use crate::framing::{Heads, Watcher};
+use crate::pipeline::Gateway;
+use crate::sessions::{self, Sessions};
+use crate::tls::{Caller, TlsState};
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub handshake: Duration,
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(10),
+            header_read: Duration::from_secs(30),
+            idle: Duration::from_secs(300),
+        }
+    }
+}
+
+pub struct Server {
+    pub gateway: Arc<Gateway>,
+    pub tls: Arc<TlsState>,
+    pub sessions: Sessions,
+    pub timeouts: Timeouts,
+    pub max_connections: usize,
+}
+
+impl Server {
+    /// Accepts until `shutdown` resolves.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let slots = Arc::new(Semaphore::new(self.max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: wait, go on.
+                        tracing::warn!("accept: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => return,
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!("refusing {peer}: {} connections open", self.max_connections);
+                continue;
+            };
+            let server = self.clone();
+            tokio::spawn(async move { server.connection(tcp, peer, slot).await });
+        }
+    }
+
+    async fn connection(&self, tcp: TcpStream, peer: SocketAddr, _slot: OwnedSemaphorePermit) {
+        let _ = tcp.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(self.tls.config());
+        let stream = match tokio::time::timeout(self.timeouts.handshake, acceptor.accept(tcp)).await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::info!("TLS handshake with {peer} failed: {err}");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("TLS handshake with {peer} timed out");
+                return;
+            }
+        };
+        let caller = match stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .ok_or_else(|| "no client certificate".to_owned())
+            .and_then(|cert| Caller::from_certificate(cert))
+        {
+            Ok(caller) => caller,
+            Err(err) => {
+                tracing::info!("refusing {peer}: {err}");
+                return;
+            }
+        };
+        // A CRL swapped in during the handshake: the verifier used the old one.
+        if caller
+            .serial
+            .as_deref()
+            .is_some_and(|s| self.tls.is_revoked(s))
+        {
+            return;
+        }
+        let registration = Arc::new(self.sessions.register(caller, peer.to_string()));
+        let activity = Arc::new(Activity::new());
+        let heads = Heads::default();
+        let io = Watched {
+            inner: stream,
+            activity: activity.clone(),
+            framing: Watcher::new(heads.clone()),
+        };
+        let gateway = self.gateway.clone();
+        let conn_registration = registration.clone();
+        let service_activity = activity.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let gateway = gateway.clone();
+            let registration = conn_registration.clone();
+            let guard = InFlight::new(service_activity.clone());
+            let framing = heads.next();
+            async move {
+                let response = gateway.call(registration, request, framing).await;
+                let (parts, body) = response.into_parts();
+                let body: GatewayBody = http_body_util::BodyExt::boxed(Guarded {
+                    inner: body,
+                    _guard: guard,
+                });
+                Ok::<_, Infallible>(hyper::Response::from_parts(parts, body))
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.timeouts.header_read)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let idle = idle_watch(activity, self.timeouts.idle);
+        tokio::select! {
+            result = connection => {
+                if let Err(err) = result {
+                    tracing::debug!("connection from {peer}: {err}");
+                }
+            }
+            _ = sessions::closed(registration.closed.clone()) => {
+                tracing::info!("closed the session of {} from {peer}", registration.session.caller.user);
+            }
+            _ = idle => {}
+        }
+    }
+}
+
+/// When a connection last moved a byte, and how many calls it has open.
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Resolves once the connection has had no call open and moved no byte
+/// for `limit`.
+async fn idle_watch(activity: Arc<Activity>, limit: Duration) {
+    let tick = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(tick).await;
+        if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= limit {
+            return;
+        }
+    }
+}
+
+/// Counts a call as open from its request until its response body ends.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Guarded {
+    inner: GatewayBody,
+    _guard: InFlight,
+}
+
+impl Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The TLS stream, noting activity on every byte moved and following the
+/// framing of what the client sends.
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    framing: Watcher,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+            let this = &mut *self;
+            this.framing.feed(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1,0 +1,591 @@
+//! The gateway with real processes: `moat engine`, `moat gateway`, a PKI
+//! from `moat certs`, and the real `docker` CLI over mutual TLS. Each
+//! security promise is shown by trying the attack and watching it fail.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::gateway::GatewayProcess;
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_developer_works_on_their_own_containers_and_nothing_more() {
+    let gw = GatewayProcess::start();
+    let alice = gw.issue("alice", &["developer"]);
+    let bob = gw.issue("bob", &["developer"]);
+
+    let out = gw.docker_ok(&alice, &["run", "--rm", "busybox:test", "echo", "hi"]);
+    assert_eq!(out.trim(), "hi");
+    gw.docker_ok(
+        &alice,
+        &["run", "-d", "--name", "web", "busybox:test", "sleep", "300"],
+    );
+    let ps = gw.docker_ok(&alice, &["ps", "--format", "{{.Names}}"]);
+    assert_eq!(ps.trim(), "web");
+    gw.docker_ok(&alice, &["logs", "web"]);
+    assert_eq!(
+        gw.docker_ok(&alice, &["exec", "web", "echo", "hi"]).trim(),
+        "hi"
+    );
+
+    // The owner label is the gateway's: stamped on create, never forged.
+    let owner = gw.docker_ok(
+        &alice,
+        &[
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"moat.owner\"}}",
+            "web",
+        ],
+    );
+    assert_eq!(owner.trim(), "alice");
+    let forged = gw.docker_err(
+        &bob,
+        &[
+            "run",
+            "--rm",
+            "--label",
+            "moat.owner=alice",
+            "busybox:test",
+            "true",
+        ],
+    );
+    assert!(forged.contains("set by the gateway"), "{forged}");
+
+    // Privileges a developer does not hold, each refused with the reason.
+    for (flags, needed) in [
+        (&["--privileged"][..], "container.privileged"),
+        (&["-v", "/:/host"], "host.bind:/"),
+        (&["--net", "host"], "host.network"),
+        (&["--pid", "host"], "host.pid"),
+        (&["--cap-add", "SYS_ADMIN"], "container.cap_add:SYS_ADMIN"),
+        (&["--userns", "host"], "host.userns"),
+        (
+            &["--security-opt", "seccomp=unconfined"],
+            "security.seccomp_unconfined",
+        ),
+        (&["--device", "/dev/fuse"], "host.device:/dev/fuse"),
+    ] {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["busybox:test", "true"]);
+        let err = gw.docker_err(&alice, &args);
+        assert!(
+            err.contains(&format!("alice may not {needed}")) && err.contains("default deny"),
+            "{flags:?}: {err}"
+        );
+    }
+
+    // Bob sees none of alice's containers and can touch none of them,
+    // by name or by id prefix.
+    let bobs_view = gw.docker_ok(&bob, &["ps", "-a", "-q"]);
+    assert!(bobs_view.trim().is_empty(), "bob sees {bobs_view}");
+    let id = gw.docker_ok(&alice, &["inspect", "-f", "{{.Id}}", "web"]);
+    let prefix = &id.trim()[..6];
+    for target in ["web", prefix] {
+        for args in [
+            vec!["logs", target],
+            vec!["exec", target, "id"],
+            vec!["stop", target],
+            vec!["rm", "-f", target],
+            vec!["inspect", target],
+        ] {
+            let err = gw.docker_err(&bob, &args);
+            assert!(err.contains("container.any"), "{args:?}: {err}");
+        }
+    }
+    // Prune by bob leaves alice's stopped container alone.
+    gw.docker_ok(&alice, &["stop", "-t", "1", "web"]);
+    gw.docker_ok(&bob, &["container", "prune", "-f"]);
+    gw.docker_ok(&alice, &["inspect", "web"]);
+    gw.docker_ok(&alice, &["rm", "web"]);
+}
+
+#[test]
+fn a_viewer_reads_but_does_not_run_read_logs_or_exec() {
+    let gw = GatewayProcess::start();
+    let alice = gw.issue("alice", &["developer"]);
+    let vic = gw.issue("vic", &["viewer"]);
+    gw.docker_ok(
+        &alice,
+        &["run", "-d", "--name", "job", "busybox:test", "sleep", "300"],
+    );
+
+    let ps = gw.docker_ok(&vic, &["ps", "--format", "{{.Names}}"]);
+    assert_eq!(ps.trim(), "job");
+    let running = gw.docker_ok(&vic, &["inspect", "-f", "{{.State.Running}}", "job"]);
+    assert_eq!(running.trim(), "true");
+    for args in [
+        &["run", "--rm", "busybox:test", "true"][..],
+        &["logs", "job"],
+        &["exec", "job", "true"],
+    ] {
+        let err = gw.docker_err(&vic, args);
+        assert!(err.contains("vic may not"), "{args:?}: {err}");
+    }
+    gw.docker_ok(&alice, &["rm", "-f", "job"]);
+}
+
+/// A rustls client with `bundle`'s certificate (or none).
+fn tls_client(bundle: Option<&Path>, ca: &Path) -> Arc<rustls::ClientConfig> {
+    let ca_pem = std::fs::read_to_string(ca).unwrap();
+    match bundle {
+        Some(dir) => moat_certs::tls::client_config(
+            &ca_pem,
+            &std::fs::read_to_string(dir.join("cert.pem")).unwrap(),
+            &std::fs::read_to_string(dir.join("key.pem")).unwrap(),
+        )
+        .unwrap(),
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(moat_certs::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        }
+    }
+}
+
+/// Sends `request` raw over mutual TLS and returns the whole answer (the
+/// gateway closes after an error, or the read times out), or the TLS error.
+fn raw(
+    gw: &GatewayProcess,
+    config: Arc<rustls::ClientConfig>,
+    request: &[u8],
+) -> Result<String, String> {
+    let tcp = TcpStream::connect(&gw.address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(request).map_err(|e| e.to_string())?;
+    tls.flush().map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if answer.is_empty() => return Err(e.to_string()),
+            Err(_) => break,
+        }
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+#[test]
+fn raw_socket_attacks_are_denied_and_audited() {
+    let gw = GatewayProcess::start();
+    let alice = gw.issue("alice", &["developer"]);
+    let ca = alice.join("ca.pem");
+    let client = tls_client(Some(&alice), &ca);
+    let privileged = r#"{"Image":"busybox:test","Cmd":["true"],"HostConfig":{"Privileged":true}}"#;
+    let big = format!(
+        r#"{{"Image":"busybox:test","Labels":{{"pad":"{}"}}}}"#,
+        "x".repeat(5 << 20)
+    );
+    let chunked = format!(
+        "POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{privileged}\r\n0\r\n\r\n",
+        privileged.len()
+    );
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "Content-Length: 0 with a privileged body",
+            format!(
+                "POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 0\r\n\r\n{privileged}"
+            ),
+            400,
+        ),
+        ("a chunked privileged body", chunked, 403),
+        (
+            "Content-Length and Transfer-Encoding together",
+            format!(
+                "POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{privileged}\r\n0\r\n\r\n",
+                privileged.len(),
+                privileged.len()
+            ),
+            400,
+        ),
+        (
+            // Refused on the declared length, before the body is read: only
+            // the head is sent, so the answer is not lost to a reset.
+            "a body over the cap",
+            format!(
+                "POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                big.len()
+            ),
+            413,
+        ),
+        (
+            "a dot segment",
+            get("/v1.41/containers/../containers/json"),
+            400,
+        ),
+        (
+            "an encoded dot segment",
+            get("/v1.41/containers/%2e%2e/containers/json"),
+            400,
+        ),
+        ("an encoded slash", get("/v1.41/containers/a%2fb/json"), 400),
+        ("a double slash", get("/v1.41//containers/json"), 400),
+        ("an unknown route", get("/v1.41/secrets/of/the/host"), 403),
+        (
+            "a method the table does not know",
+            "PATCH /v1.41/containers/json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+            403,
+        ),
+    ];
+    let before = gw.completed_calls().len();
+    for (what, request, expected) in &cases {
+        let answer = raw(&gw, client.clone(), request.as_bytes()).expect(what);
+        assert_eq!(status_of(&answer), *expected, "{what}: {answer}");
+        assert!(answer.contains("\"message\""), "{what}: {answer}");
+    }
+    // No privileged container exists, through any of those doors.
+    let all = gw.engine.docker_ok(&["ps", "-aq"]);
+    assert!(all.trim().is_empty(), "containers were created: {all}");
+
+    // Each attempt is one completed, denied record (the lying
+    // Content-Length leaves its body on the connection, where it is not
+    // a request: hyper answers that itself and it never reaches policy).
+    let records = gw.completed_calls();
+    let denied: Vec<_> = records[before..]
+        .iter()
+        .filter(|r| r["user"] == "alice" && r["decision"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), cases.len(), "{denied:#?}");
+    for ((what, _, expected), record) in cases.iter().zip(&denied) {
+        assert_eq!(record["status"], *expected, "{what}: {record}");
+        assert!(
+            record["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{what}"
+        );
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+}
+
+#[test]
+fn handshakes_without_a_good_certificate_are_refused() {
+    let gw = GatewayProcess::start();
+    let alice = gw.issue("alice", &["developer"]);
+    let ca = alice.join("ca.pem");
+    let ping = get("/_ping");
+
+    // Alice's own certificate works.
+    let answer = raw(&gw, tls_client(Some(&alice), &ca), ping.as_bytes()).unwrap();
+    assert_eq!(status_of(&answer), 200);
+
+    // No certificate.
+    assert!(raw(&gw, tls_client(None, &ca), ping.as_bytes()).is_err());
+
+    // An expired certificate from the right CA.
+    let pki = moat_certs::Pki::open(&gw.state().join("pki")).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let expired = pki
+        .issue(
+            &moat_certs::Subject::new("old", &["developer".to_owned()]).unwrap(),
+            moat_certs::Validity {
+                not_before: now - time::Duration::hours(3),
+                not_after: now - time::Duration::hours(1),
+            },
+        )
+        .unwrap();
+    let expired_dir = gw.engine.path("clients/expired");
+    moat_certs::Bundle::write(&expired_dir, &expired).unwrap();
+    assert!(raw(&gw, tls_client(Some(&expired_dir), &ca), ping.as_bytes()).is_err());
+
+    // A certificate from another CA.
+    let other = gw.engine.path("other-pki");
+    common::moat_ok(&[
+        "--state-root",
+        other.to_str().unwrap(),
+        "certs",
+        "init",
+        "--ip",
+        "127.0.0.1",
+    ]);
+    let stranger = gw.engine.path("clients/stranger");
+    common::moat_ok(&[
+        "--state-root",
+        other.to_str().unwrap(),
+        "certs",
+        "issue",
+        "alice",
+        "--group",
+        "admin",
+        "--out",
+        stranger.to_str().unwrap(),
+    ]);
+    assert!(raw(&gw, tls_client(Some(&stranger), &ca), ping.as_bytes()).is_err());
+
+    // Revoked while the gateway runs: an open exec stream is closed and
+    // new handshakes are refused, within seconds.
+    gw.docker_ok(
+        &alice,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "long",
+            "busybox:test",
+            "sleep",
+            "300",
+        ],
+    );
+    let mut session = gw
+        .docker_cmd(&alice)
+        .args(["exec", "long", "sleep", "300"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    gw.moat(&["certs", "revoke", "--user", "alice"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if session.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the exec of a revoked user is still open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(raw(&gw, tls_client(Some(&alice), &ca), ping.as_bytes()).is_err());
+    assert!(gw.log().contains("revoked"), "{}", gw.log());
+}
+
+#[test]
+fn every_call_is_audited_once_and_the_log_verifies_until_tampered_with() {
+    let mut gw = GatewayProcess::start();
+    let alice = gw.issue("alice", &["developer"]);
+    gw.docker_ok(&alice, &["run", "--rm", "busybox:test", "true"]);
+    gw.docker_err(
+        &alice,
+        &["run", "--rm", "--privileged", "busybox:test", "true"],
+    );
+    gw.docker_ok(&alice, &["ps"]);
+    gw.stop();
+
+    // Every call completed exactly once; started records pair with them.
+    let records = gw.audit_records();
+    let completed: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "event" && r["stage"] == "completed")
+        .collect();
+    let mut ids: Vec<&str> = completed
+        .iter()
+        .map(|r| r["audit_id"].as_str().unwrap())
+        .collect();
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "a call completed twice");
+    for started in records.iter().filter(|r| r["stage"] == "started") {
+        assert!(
+            ids.contains(&started["audit_id"].as_str().unwrap()),
+            "{started}"
+        );
+    }
+    let create = completed
+        .iter()
+        .find(|r| r["action"] == "container.create" && r["decision"] == "deny")
+        .expect("the denied create is audited");
+    let privileged = create["requirements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["permission"] == "container.privileged")
+        .expect("the privilege is a requirement of its own");
+    assert_eq!(privileged["allowed"], false);
+    assert_eq!(privileged["rule"], "default deny");
+    assert!(records.iter().any(|r| r["kind"] == "checkpoint"));
+
+    let dir = gw.audit_dir.to_str().unwrap().to_owned();
+    let key = gw.state().join("pki/audit-pub.pem");
+    let key = key.to_str().unwrap();
+    let verify = |dir: &str| common::moat(&["audit", "verify", "--dir", dir, "--key", key]);
+    let out = verify(&dir);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    let file = std::fs::read_dir(&gw.audit_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .unwrap();
+    let original = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    assert!(lines.len() > 6);
+    let tampered: [(&str, Vec<String>); 3] = [
+        ("edited", {
+            let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            l[3] = l[3].replacen("alice", "alicf", 1);
+            l
+        }),
+        ("deleted", {
+            let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            l.remove(3);
+            l
+        }),
+        ("swapped", {
+            let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            l.swap(3, 4);
+            l
+        }),
+    ];
+    for (what, content) in tampered {
+        let copy = gw.engine.path(&format!("audit-{what}"));
+        std::fs::create_dir_all(&copy).unwrap();
+        std::fs::write(
+            copy.join(file.file_name().unwrap()),
+            content.join("\n") + "\n",
+        )
+        .unwrap();
+        let out = verify(copy.to_str().unwrap());
+        assert!(!out.status.success(), "{what}: verify passed");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr_of(&out)
+        );
+        assert!(
+            text.contains(":4"),
+            "{what}: the first bad line (4) is not named: {text}"
+        );
+    }
+}
+
+#[test]
+fn an_unwritable_audit_log_refuses_calls_and_leaves_the_engine_alone() {
+    // The audit directory on a tiny filesystem that is then filled.
+    let scratch = tempfile::tempdir().unwrap();
+    let audit = scratch.path().join("audit");
+    std::fs::create_dir(&audit).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&audit)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(audit.clone());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+
+    let gw = GatewayProcess::start_with(&["--audit", audit.to_str().unwrap()]);
+    let alice = gw.issue("alice", &["developer"]);
+    gw.docker_ok(&alice, &["ps"]);
+
+    // Fill the filesystem (as root, past the gateway's reach). The log's
+    // last page may still hold a few records; calls fail once it is full.
+    let filler = audit.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 512 << 10]);
+    let mut refused = None;
+    for _ in 0..50 {
+        let out = gw.docker(&alice, &["ps"]);
+        if !out.status.success() {
+            refused = Some(stderr_of(&out));
+            break;
+        }
+    }
+    let refused = refused.expect("calls went on with a full audit filesystem");
+    assert!(refused.contains("audit log cannot be written"), "{refused}");
+
+    let out = gw.docker(
+        &alice,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "ghost",
+            "busybox:test",
+            "sleep",
+            "300",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("audit log cannot be written"),
+        "{}",
+        stderr_of(&out)
+    );
+    let all = gw.engine.docker_ok(&["ps", "-aq"]);
+    assert!(
+        all.trim().is_empty(),
+        "a container was created without an audit record: {all}"
+    );
+
+    // Space again: calls go through and the log still verifies.
+    std::fs::remove_file(&filler).unwrap();
+    gw.docker_ok(&alice, &["ps"]);
+    let key = gw.state().join("pki/audit-pub.pem");
+    let out = common::moat(&[
+        "audit",
+        "verify",
+        "--dir",
+        audit.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
+
+#[test]
+fn the_gateway_runs_unprivileged() {
+    let gw = GatewayProcess::start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+    };
+    assert!(field("Uid:").iter().all(|uid| *uid != "0"), "{status}");
+    assert!(field("Gid:").iter().all(|gid| *gid != "0"), "{status}");
+    for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(caps), ["0000000000000000"], "{caps} in {status}");
+    }
+    assert_eq!(field("NoNewPrivs:"), ["1"]);
+    // And it still serves.
+    let alice = gw.issue("alice", &["developer"]);
+    gw.docker_ok(&alice, &["version"]);
+}
