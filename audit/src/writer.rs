@@ -356,8 +356,7 @@ impl Writer {
                 }
                 (std::mem::take(&mut queue.pending), queue.closing)
             };
-            let result = self.commit(batch, closing);
-            *lock(&shared.status) = self.status();
+            let result = self.commit(batch, closing, shared);
             if closing {
                 let mut queue = lock(&shared.queue);
                 queue.closed = Some(result.clone());
@@ -371,7 +370,14 @@ impl Writer {
 
     /// Writes one batch: the queued records, and a checkpoint after every
     /// `checkpoint_every` records, when the interval is up, or on close.
-    fn commit(&mut self, batch: Vec<Pending>, closing: bool) -> Result<(), AuditError> {
+    /// The status is published before any caller hears back, so a caller
+    /// that reads it after its append sees its own outcome.
+    fn commit(
+        &mut self,
+        batch: Vec<Pending>,
+        closing: bool,
+        shared: &Shared,
+    ) -> Result<(), AuditError> {
         let now = Instant::now();
         let time = OffsetDateTime::now_utc();
         let mut buf = Vec::with_capacity(batch.iter().map(|p| p.line.len() + 100).sum());
@@ -448,6 +454,7 @@ impl Writer {
                 self.head = head;
                 self.appended += batch.len() as u64;
                 self.commits += 1;
+                *lock(&shared.status) = self.status();
                 for (pending, result) in batch.into_iter().zip(appended) {
                     let _ = pending.reply.send(Ok(result));
                 }
@@ -464,6 +471,7 @@ impl Writer {
                 failure.records += batch.len() as u64;
                 self.last_error = Some((error.to_string(), time));
                 self.retry_at = Some(now + Duration::from_secs(1));
+                *lock(&shared.status) = self.status();
                 for pending in batch {
                     let _ = pending.reply.send(Err(error.clone()));
                 }

@@ -38,6 +38,10 @@ impl StateRoot {
         self.root.join("audit")
     }
 
+    pub fn audit(&self) -> PathBuf {
+        self.root.join("audit")
+    }
+
     pub fn engine(&self) -> PathBuf {
         self.root.join("engine")
     }
