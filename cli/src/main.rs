@@ -2,7 +2,6 @@
 //! policy and audit tools join it as subcommands.
 
 mod audit;
-mod audit;
 mod certs;
 mod engine;
 mod gateway;
@@ -33,9 +32,6 @@ enum Command {
     /// Certificates: the CA, the gateway's certificate, users' client certificates
     #[command(subcommand)]
     Certs(certs::CertsCommand),
-    /// The audit log: verify it, search it, follow it, count it, export it
-    #[command(subcommand)]
-    Audit(audit::AuditCommand),
     /// The audit log: verify it, search it, follow it, count it, export it
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -93,7 +89,6 @@ fn main() -> ExitCode {
     let state = state::StateRoot::new(cli.state_root);
     let result = match cli.command {
         Command::Certs(cmd) => certs::run(cmd, &state),
-        Command::Audit(cmd) => audit::run(cmd, &state),
         Command::Audit(cmd) => audit::run(cmd, &state),
         Command::Engine(args) => engine::run(args, &state),
         Command::Gateway(args) => gateway::run(args, &state),

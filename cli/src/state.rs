@@ -38,10 +38,6 @@ impl StateRoot {
         self.root.join("audit")
     }
 
-    pub fn audit(&self) -> PathBuf {
-        self.root.join("audit")
-    }
-
     pub fn engine(&self) -> PathBuf {
         self.root.join("engine")
     }
