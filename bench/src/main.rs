@@ -12,7 +12,11 @@
 //! - `cli`: `docker run --rm busybox:test true` with the real CLI, and
 //!   `GET /containers/json` with 100 containers, against dockerd and
 //!   Podman's API service.
+//! - `audit`: durably audited appends per second with 1, 16, 64 and 256
+//!   concurrent clients (group commit), against one fsync per record; the
+//!   log is verified and its records counted afterwards.
 
+mod audit;
 mod cli_run;
 mod lifecycle;
 mod stats;
@@ -47,7 +51,7 @@ fn main() {
             "--work" => options.work = it.next().map(PathBuf::from).expect("--work DIR"),
             "-h" | "--help" => {
                 println!(
-                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli]"
+                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli] [audit]"
                 );
                 return;
             }
@@ -57,20 +61,25 @@ fn main() {
     if scenarios.is_empty() {
         scenarios.push("lifecycle".into());
         scenarios.push("cli".into());
+        scenarios.push("audit".into());
     }
-    let moat = std::fs::canonicalize(&options.moat).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (build it: cargo build --release -p moat)",
-            options.moat.display()
-        )
-    });
-    options.moat = moat;
+    // The audit scenario runs in this process; the others start `moat`.
+    if scenarios.iter().any(|s| s != "audit") {
+        let moat = std::fs::canonicalize(&options.moat).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (build it: cargo build --release -p moat)",
+                options.moat.display()
+            )
+        });
+        options.moat = moat;
+    }
 
     let mut rows = Vec::new();
     for scenario in &scenarios {
         match scenario.as_str() {
             "lifecycle" => rows.extend(lifecycle::run(&options)),
             "cli" => rows.extend(cli_run::run(&options)),
+            "audit" => rows.extend(audit::run(&options)),
             other => {
                 eprintln!("unknown scenario {other:?}");
                 std::process::exit(2);
