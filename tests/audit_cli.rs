@@ -200,7 +200,7 @@ fn concurrent_appends_then_verify_passes_with_the_exact_count() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains(&format!(
-            "OK: {} records and 7 checkpoints in 1 file(s)",
+            "OK: {} records and 7 checkpoints in 1 file,",
             tasks * each
         )),
         "{stdout}"
@@ -267,7 +267,7 @@ fn tampering_across_a_rotation_boundary_fails() {
     let (code, stdout, _) = setup.verify();
     assert_eq!(code, 0, "{stdout}");
     assert!(
-        stdout.contains(&format!("in {} file(s)", files.len())),
+        stdout.contains(&format!("in {} files,", files.len())),
         "{stdout}"
     );
     let pristine: Vec<(PathBuf, Vec<u8>)> = files

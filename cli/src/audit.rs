@@ -190,6 +190,21 @@ fn when(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime> {
 }
 
 pub fn run(cmd: AuditCommand, state: &StateRoot) -> Result<()> {
+    match run_command(cmd, state) {
+        // `moat audit search | head`: the reader has seen enough.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn run_command(cmd: AuditCommand, state: &StateRoot) -> Result<()> {
     match cmd {
         AuditCommand::Verify {
             files,
@@ -299,10 +314,10 @@ fn verify(inputs: &[PathBuf], key_path: &Path, allow_pruned: bool, output: Outpu
                 return Ok(());
             }
             println!(
-                "OK: {} records and {} checkpoints in {} file(s), seq {}..{}, signed by key {}",
-                report.records,
-                report.checkpoints,
-                report.files,
+                "OK: {} and {} in {}, seq {}..{}, signed by key {}",
+                plural(report.records, "record"),
+                plural(report.checkpoints, "checkpoint"),
+                plural(report.files as u64, "file"),
                 report.first_seq.unwrap_or(0),
                 report.last_seq.unwrap_or(0),
                 key.id()
@@ -323,9 +338,13 @@ fn verify(inputs: &[PathBuf], key_path: &Path, allow_pruned: bool, output: Outpu
             }
             if report.uncovered > 0 {
                 println!(
-                    "warning: the last {} record(s) are not yet covered by a signed checkpoint; \
+                    "warning: the last {} not yet covered by a signed checkpoint; \
                      until one is written they could be removed without a trace",
-                    report.uncovered
+                    if report.uncovered == 1 {
+                        "record is".to_owned()
+                    } else {
+                        format!("{} records are", report.uncovered)
+                    }
                 );
             }
             Ok(())
@@ -345,14 +364,19 @@ fn verify(inputs: &[PathBuf], key_path: &Path, allow_pruned: bool, output: Outpu
                 println!("{}", serde_json::to_string_pretty(&json)?);
             } else {
                 eprintln!("{location}: {fault}");
-                eprintln!(
-                    "moat: the audit log does not verify ({} records before that line were good)",
-                    checked.records + checked.checkpoints
-                );
+                eprintln!("moat: the audit log does not verify");
             }
             std::process::exit(1);
         }
         Err(e) => cannot_verify(&e.into()),
+    }
+}
+
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
