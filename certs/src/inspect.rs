@@ -124,3 +124,15 @@ pub fn crl_revoked_serials(crl_pem: &str) -> Result<Vec<String>, String> {
     }
     Ok(serials)
 }
+
+/// When a PEM CRL says the next one is due: after that, the gateway
+/// refuses every client until the CRL is re-signed.
+pub fn crl_next_update(crl_pem: &str) -> Result<OffsetDateTime, String> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let block = pem::parse(crl_pem).map_err(|e| e.to_string())?;
+    let (_, crl) = CertificateRevocationList::from_der(block.contents()).map_err(|e| e.to_string())?;
+    let next = crl
+        .next_update()
+        .ok_or_else(|| "the CRL has no next update".to_owned())?;
+    OffsetDateTime::from_unix_timestamp(next.timestamp()).map_err(|e| e.to_string())
+}

@@ -6,6 +6,7 @@ mod certs;
 mod engine;
 mod gateway;
 mod state;
+mod up;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run moat: PKI, policy and an admin bundle if missing, then the engine and the gateway
+    Up(up::UpArgs),
     /// Certificates: the CA, the gateway's certificate, users' client certificates
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
     }
     let state = state::StateRoot::new(cli.state_root);
     let result = match cli.command {
+        Command::Up(args) => up::run(args, &state),
         Command::Certs(cmd) => certs::run(cmd, &state),
         Command::Audit(cmd) => audit::run(cmd, &state),
         Command::Engine(args) => engine::run(args, &state),
