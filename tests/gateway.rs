@@ -589,3 +589,152 @@ fn the_gateway_runs_unprivileged() {
     let alice = gw.issue("alice", &["developer"]);
     gw.docker_ok(&alice, &["version"]);
 }
+
+#[test]
+fn a_policy_edit_takes_effect_and_a_locked_user_is_cut_off() {
+    let gw = GatewayProcess::start();
+    let alice = gw.issue("alice", &["developer"]);
+    gw.docker_ok(
+        &alice,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "long",
+            "busybox:test",
+            "sleep",
+            "300",
+        ],
+    );
+    let mut session = gw
+        .docker_cmd(&alice)
+        .args(["exec", "long", "sleep", "300"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A broken edit is refused and the running policy stays.
+    let policy = gw.state().join("policy/policy.csv");
+    let original = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        format!("{original}\np, developer, no.such.permission, *, allow\n"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        gw.log().contains("keeping the running policy"),
+        "{}",
+        gw.log()
+    );
+    gw.docker_ok(&alice, &["ps"]);
+    assert!(session.try_wait().unwrap().is_none());
+
+    // Lock alice: deny everything to user:alice.
+    std::fs::write(&policy, format!("{original}\np, user:alice, *, *, deny\n")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while session.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the locked user's exec is still open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = gw.docker_err(&alice, &["ps"]);
+    assert!(err.contains("alice may not container.list"), "{err}");
+
+    // Unlock.
+    std::fs::write(&policy, &original).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.docker(&alice, &["ps"]).status.success() {
+        assert!(Instant::now() < deadline, "alice is still locked out");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    gw.engine.docker_ok(&["rm", "-f", "long"]);
+}
+
+/// A request with a JSON body over raw mutual TLS.
+fn call(
+    gw: &GatewayProcess,
+    bundle: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw(
+        gw,
+        tls_client(Some(bundle), &bundle.join("ca.pem")),
+        request.as_bytes(),
+    )
+    .unwrap();
+    let json = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .and_then(|b| serde_json::from_str(b.trim()).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status_of(&answer), json)
+}
+
+#[test]
+fn the_admin_api_explains_and_replaces_the_policy_for_admins_only() {
+    let gw = GatewayProcess::start();
+    let root = gw.issue("root", &["admin"]);
+    let alice = gw.issue("alice", &["developer"]);
+
+    let (status, me) = call(&gw, &alice, "GET", "/moat/v1/whoami", "");
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["user"], "alice");
+    assert_eq!(me["roles"], serde_json::json!(["developer"]));
+
+    let (status, _) = call(&gw, &alice, "GET", "/moat/v1/policy", "");
+    assert_eq!(status, 403);
+
+    let check = serde_json::json!({
+        "user": "alice", "groups": ["developer"], "method": "POST",
+        "path": "/v1.41/containers/create",
+        "body": {"Image": "busybox:test", "HostConfig": {"Privileged": true}},
+    });
+    let (status, explained) = call(&gw, &root, "POST", "/moat/v1/check", &check.to_string());
+    assert_eq!(status, 200, "{explained}");
+    assert_eq!(explained["allowed"], false, "{explained}");
+
+    let (status, current) = call(&gw, &root, "GET", "/moat/v1/policy", "");
+    assert_eq!(status, 200);
+    let text = current["policy"].as_str().unwrap().to_owned();
+
+    // A policy that does not validate is refused; the running one stays.
+    let bad = serde_json::json!({ "policy": format!("{text}\np, developer, nope, *, allow\n") });
+    let (status, answer) = call(&gw, &root, "PUT", "/moat/v1/policy", &bad.to_string());
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("running one stays")
+    );
+    assert_eq!(
+        std::fs::read_to_string(gw.state().join("policy/policy.csv")).unwrap(),
+        text
+    );
+
+    // A good one replaces it, on disk and in the running gateway.
+    let good = serde_json::json!({ "policy": format!("{text}\np, developer, host.bind, /srv/shared/*, allow\n") });
+    let (status, answer) = call(&gw, &root, "PUT", "/moat/v1/policy", &good.to_string());
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        std::fs::read_to_string(gw.state().join("policy/policy.csv"))
+            .unwrap()
+            .contains("/srv/shared/*")
+    );
+    let puts: Vec<_> = gw
+        .completed_calls()
+        .into_iter()
+        .filter(|r| r["action"] == "moat.policy.put")
+        .collect();
+    assert_eq!(puts.len(), 2, "each policy change is audited");
+}

@@ -152,7 +152,67 @@ impl Admin {
     /// Loads the policy directory again and swaps it in if it is valid.
     pub fn reload(&self) -> Result<usize, moat_policy::PolicyError> {
         let policy = Policy::load_dir(&self.policy_dir)?;
-        self.enforcer.reload(policy)?;
+        self.swap(policy)?;
         Ok(self.enforcer.policy().rules().len())
+    }
+
+    /// Swaps a validated policy in, then closes the sessions of callers it
+    /// denies everything (a locked user, a user whose last role went):
+    /// their open exec and attach streams end with them.
+    fn swap(&self, policy: Policy) -> Result<(), moat_policy::PolicyError> {
+        self.enforcer.reload(policy)?;
+        let ping = [moat_policy::Requirement::flag(Action::SystemPing)];
+        let closed = self.sessions.close_where(|session| {
+            !self
+                .enforcer
+                .decide(&session.caller.identity(), &ping)
+                .allowed
+        });
+        if closed > 0 {
+            tracing::info!("closed {closed} session(s) the new policy denies everything");
+        }
+        Ok(())
+    }
+
+    /// Polls the policy directory and reloads it when its files change, so
+    /// a local `moat policy` edit takes effect within `every`. A policy
+    /// that does not load is logged and the running one stays.
+    pub async fn watch(self: Arc<Self>, every: std::time::Duration) {
+        let files = [
+            moat_policy::policy::MODEL_FILE,
+            moat_policy::policy::POLICY_FILE,
+        ];
+        let stamp = |dir: &std::path::Path| -> Vec<Option<(std::time::SystemTime, u64)>> {
+            files
+                .iter()
+                .map(|name| {
+                    std::fs::metadata(dir.join(name))
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len())))
+                })
+                .collect()
+        };
+        let mut seen = stamp(&self.policy_dir);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = stamp(&self.policy_dir);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let dir = self.policy_dir.clone();
+            let loaded = tokio::task::spawn_blocking(move || Policy::load_dir(&dir)).await;
+            match loaded {
+                Ok(Ok(policy)) if *self.enforcer.policy() == policy => {}
+                Ok(Ok(policy)) => match self.swap(policy) {
+                    Ok(()) => {
+                        tracing::info!("reloaded the policy from {}", self.policy_dir.display())
+                    }
+                    Err(err) => tracing::error!("keeping the running policy: {err}"),
+                },
+                Ok(Err(err)) => tracing::error!("keeping the running policy: {err}"),
+                Err(err) => tracing::error!("keeping the running policy: {err}"),
+            }
+        }
     }
 }

@@ -113,12 +113,13 @@ pub async fn run(
         .with_context(|| format!("opening the audit log in {}", config.audit_dir.display()))?;
     let enforcer = Arc::new(Enforcer::new(policy)?);
     let sessions = sessions::Sessions::default();
-    let admin = admin::Admin {
+    let admin = Arc::new(admin::Admin {
         policy_dir: config.policy_dir.clone(),
         enforcer: enforcer.clone(),
         audit: audit.clone(),
         sessions: sessions.clone(),
-    };
+    });
+    tokio::spawn(admin.clone().watch(config.reload_every));
     let gateway = Arc::new(pipeline::Gateway::new(
         engine::Engine::new(config.engine_socket.clone()),
         enforcer,

@@ -33,7 +33,7 @@ pub struct Gateway {
     pub enforcer: Arc<Enforcer>,
     pub audit: moat_audit::AuditLog,
     pub limits: Limits,
-    pub admin: crate::admin::Admin,
+    pub admin: Arc<crate::admin::Admin>,
     pub options: Options,
     ids: IdSource,
 }
@@ -90,7 +90,7 @@ impl Gateway {
         enforcer: Arc<Enforcer>,
         audit: moat_audit::AuditLog,
         limits: Limits,
-        admin: crate::admin::Admin,
+        admin: Arc<crate::admin::Admin>,
         options: Options,
     ) -> Gateway {
         Gateway {
@@ -563,10 +563,18 @@ pub fn json_response(status: StatusCode, body: Bytes) -> GatewayResponse {
     response
 }
 
-/// Docker's error shape: `{"message": "..."}`.
+/// Docker's error shape: `{"message": "..."}`. It carries the API version
+/// too, as the engine's answers do: the docker CLI negotiates from its
+/// `/_ping`, even a refused one, and without it would fall back to its own
+/// newer version and show a version error instead of the refusal.
 pub fn error_response(status: StatusCode, message: &str) -> GatewayResponse {
     let body = serde_json::json!({ "message": message }).to_string();
-    json_response(status, Bytes::from(body))
+    let mut response = json_response(status, Bytes::from(body));
+    response.headers_mut().insert(
+        "api-version",
+        HeaderValue::from_static(moat_api::MAX_API_VERSION),
+    );
+    response
 }
 
 /// Audit ids: unique per gateway run (a random prefix and a counter), so
