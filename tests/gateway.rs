@@ -738,3 +738,190 @@ fn the_admin_api_explains_and_replaces_the_policy_for_admins_only() {
         .collect();
     assert_eq!(puts.len(), 2, "each policy change is audited");
 }
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An EdDSA JWT signed by `key` (an Ed25519 PEM private key) with openssl.
+fn jwt(key: &Path, claims: serde_json::Value, dir: &Path) -> String {
+    let header = base64url(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+    let payload = base64url(claims.to_string().as_bytes());
+    let input = dir.join("jwt-input");
+    std::fs::write(&input, format!("{header}.{payload}")).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+        .arg(key)
+        .arg("-in")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    format!("{header}.{payload}.{}", base64url(&out.stdout))
+}
+
+#[test]
+fn bearer_tokens_when_configured_and_only_then() {
+    let scratch = tempfile::tempdir().unwrap();
+    let key = scratch.path().join("jwt-key.pem");
+    let public = scratch.path().join("jwt-pub.pem");
+    let (ok, text) = common::run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = common::run(
+        "openssl",
+        &[
+            "pkey",
+            "-in",
+            key.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{text}");
+    let wrong_key = scratch.path().join("wrong-key.pem");
+    assert!(
+        common::run(
+            "openssl",
+            &[
+                "genpkey",
+                "-algorithm",
+                "ed25519",
+                "-out",
+                wrong_key.to_str().unwrap()
+            ]
+        )
+        .0
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let gw = GatewayProcess::start_with(&[
+        "--jwt-key",
+        public.to_str().unwrap(),
+        "--jwt-issuer",
+        "ci.example",
+    ]);
+    let alice = gw.issue("alice", &["developer"]);
+    let ca = alice.join("ca.pem");
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
+    let good = jwt(
+        &key,
+        serde_json::json!({"sub": "robot", "groups": ["developer"], "iss": "ci.example", "exp": exp}),
+        scratch.path(),
+    );
+
+    // The real docker CLI with a CA but no certificate, and the token as a header.
+    let config = gw.engine.path("robot-docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        serde_json::json!({"HttpHeaders": {"Authorization": format!("Bearer {good}")}}).to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["60", "docker", "--tls", "--tlscacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            &format!("tcp://{}", gw.address),
+            "run",
+            "--rm",
+            "busybox:test",
+            "echo",
+            "robot",
+        ])
+        .env("DOCKER_CONFIG", &config)
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", gw.log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "robot");
+    let robot = gw
+        .completed_calls()
+        .into_iter()
+        .find(|r| r["user"] == "robot" && r["action"] == "container.create")
+        .expect("the token's caller is audited");
+    assert_eq!(robot["auth"], "jwt");
+
+    let ping_with = |token: &str| {
+        let request = format!(
+            "GET /_ping HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        status_of(&raw(&gw, tls_client(None, &ca), request.as_bytes()).unwrap())
+    };
+    assert_eq!(ping_with(&good), 200);
+    let forged = jwt(
+        &wrong_key,
+        serde_json::json!({"sub": "robot", "iss": "ci.example", "exp": exp}),
+        scratch.path(),
+    );
+    assert_eq!(ping_with(&forged), 401);
+    let expired = jwt(
+        &key,
+        serde_json::json!({"sub": "robot", "iss": "ci.example", "exp": exp - 3600}),
+        scratch.path(),
+    );
+    assert_eq!(ping_with(&expired), 401);
+    let other_issuer = jwt(
+        &key,
+        serde_json::json!({"sub": "robot", "iss": "elsewhere", "exp": exp}),
+        scratch.path(),
+    );
+    assert_eq!(ping_with(&other_issuer), 401);
+    let no_token = raw(&gw, tls_client(None, &ca), get("/_ping").as_bytes()).unwrap();
+    assert_eq!(status_of(&no_token), 401);
+
+    // A certificate still works, and is still checked.
+    gw.docker_ok(&alice, &["version"]);
+    let other = gw.engine.path("other-pki");
+    common::moat_ok(&[
+        "--state-root",
+        other.to_str().unwrap(),
+        "certs",
+        "init",
+        "--ip",
+        "127.0.0.1",
+    ]);
+    let stranger = gw.engine.path("clients/stranger");
+    common::moat_ok(&[
+        "--state-root",
+        other.to_str().unwrap(),
+        "certs",
+        "issue",
+        "alice",
+        "--out",
+        stranger.to_str().unwrap(),
+    ]);
+    assert!(
+        raw(
+            &gw,
+            tls_client(Some(&stranger), &ca),
+            get("/_ping").as_bytes()
+        )
+        .is_err()
+    );
+}

@@ -94,21 +94,6 @@ pub(crate) fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serials_print_like_openssl() {
-        assert_eq!(serial_hex(&[0x00, 0x9a, 0x01]), "9A01");
-        assert_eq!(serial_hex(&[0x7f]), "7F");
-        assert_eq!(normalize_serial("9a:01").as_deref(), Some("9A01"));
-        assert_eq!(normalize_serial("009A01").as_deref(), Some("9A01"));
-        assert_eq!(normalize_serial("xyz"), None);
-        assert_eq!(normalize_serial(""), None);
-    }
-}
-
 /// The serials (as [`serial_hex`] writes them) a PEM CRL revokes. The
 /// gateway compares them with its open connections after a CRL reload.
 pub fn crl_revoked_serials(crl_pem: &str) -> Result<Vec<String>, String> {
@@ -130,9 +115,25 @@ pub fn crl_revoked_serials(crl_pem: &str) -> Result<Vec<String>, String> {
 pub fn crl_next_update(crl_pem: &str) -> Result<OffsetDateTime, String> {
     use x509_parser::revocation_list::CertificateRevocationList;
     let block = pem::parse(crl_pem).map_err(|e| e.to_string())?;
-    let (_, crl) = CertificateRevocationList::from_der(block.contents()).map_err(|e| e.to_string())?;
+    let (_, crl) =
+        CertificateRevocationList::from_der(block.contents()).map_err(|e| e.to_string())?;
     let next = crl
         .next_update()
         .ok_or_else(|| "the CRL has no next update".to_owned())?;
     OffsetDateTime::from_unix_timestamp(next.timestamp()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_print_like_openssl() {
+        assert_eq!(serial_hex(&[0x00, 0x9a, 0x01]), "9A01");
+        assert_eq!(serial_hex(&[0x7f]), "7F");
+        assert_eq!(normalize_serial("9a:01").as_deref(), Some("9A01"));
+        assert_eq!(normalize_serial("009A01").as_deref(), Some("9A01"));
+        assert_eq!(normalize_serial("xyz"), None);
+        assert_eq!(normalize_serial(""), None);
+    }
 }

@@ -38,6 +38,11 @@ pub struct ServerOptions {
     /// TLS 1.3 always; TLS 1.2 (AEAD suites only) when this is set.
     pub allow_tls12: bool,
     pub alpn: Vec<Vec<u8>>,
+    /// Let a client without a certificate finish the handshake (it must
+    /// then authenticate each request another way, e.g. a bearer token).
+    /// Off unless bearer tokens are configured: then a certificate that is
+    /// presented is still verified against the CA and the CRL.
+    pub client_cert_optional: bool,
 }
 
 impl Default for ServerOptions {
@@ -45,6 +50,7 @@ impl Default for ServerOptions {
         ServerOptions {
             allow_tls12: true,
             alpn: vec![b"http/1.1".to_vec()],
+            client_cert_optional: false,
         }
     }
 }
@@ -82,9 +88,13 @@ pub fn server_config(
     if crls.is_empty() {
         return Err(PkiError::Tls("no CRL in the CRL file".into()));
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .with_crls(crls)
-        .enforce_revocation_expiration()
+        .enforce_revocation_expiration();
+    if options.client_cert_optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder
         .build()
         .map_err(|e| PkiError::Tls(format!("client verifier: {e}")))?;
     let versions: &[&rustls::SupportedProtocolVersion] = if options.allow_tls12 {

@@ -73,6 +73,16 @@ pub struct GatewayArgs {
     /// ...or after this many seconds
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     audit_checkpoint_interval: u64,
+    /// Also accept callers without a client certificate that send a bearer
+    /// JWT signed by this public key (PEM: EC P-256, Ed25519 or RSA)
+    #[arg(long, value_name = "PEM", requires = "jwt_issuer")]
+    jwt_key: Option<PathBuf>,
+    /// The issuer (`iss`) bearer tokens must name
+    #[arg(long, value_name = "ISSUER")]
+    jwt_issuer: Option<String>,
+    /// The audience (`aud`) bearer tokens must name, if any
+    #[arg(long, value_name = "AUDIENCE")]
+    jwt_audience: Option<String>,
     /// The account to run as after start-up, when started as root
     #[arg(long, default_value = moat_gateway::privilege::GATEWAY_USER, value_name = "USER")]
     user: String,
@@ -82,7 +92,17 @@ pub fn run(args: GatewayArgs, state: &StateRoot) -> Result<()> {
     let Some(engine_socket) = args.engine.strip_prefix("unix://") else {
         bail!("--engine must be unix://PATH (the engine never listens on TCP)");
     };
+    let jwt = match &args.jwt_key {
+        Some(path) => Some(moat_gateway::jwt::JwtConfig {
+            key_pem: std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+            issuer: args.jwt_issuer.clone().unwrap_or_default(),
+            audience: args.jwt_audience.clone(),
+        }),
+        None => None,
+    };
     let config = Config {
+        jwt,
         listen: args.listen,
         engine_socket: PathBuf::from(engine_socket),
         pki_dir: args.pki.unwrap_or_else(|| state.pki()),

@@ -13,7 +13,8 @@ use moat_policy::{Enforcer, Identity, Policy};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::sessions::{Registration, Sessions};
+use crate::sessions::Sessions;
+use crate::tls::Caller;
 
 pub struct Admin {
     pub policy_dir: PathBuf,
@@ -59,8 +60,7 @@ fn bad(status: StatusCode, message: impl std::fmt::Display) -> Answer {
 }
 
 impl Admin {
-    pub async fn serve(&self, route: &Route, conn: &Arc<Registration>, body: &[u8]) -> Answer {
-        let caller = &conn.session.caller;
+    pub async fn serve(&self, route: &Route, caller: &Caller, body: &[u8]) -> Answer {
         match route.action {
             Action::MoatWhoami => ok(json!({
                 "user": caller.user,
@@ -163,10 +163,10 @@ impl Admin {
         self.enforcer.reload(policy)?;
         let ping = [moat_policy::Requirement::flag(Action::SystemPing)];
         let closed = self.sessions.close_where(|session| {
-            !self
-                .enforcer
-                .decide(&session.caller.identity(), &ping)
-                .allowed
+            session
+                .caller
+                .as_ref()
+                .is_some_and(|caller| !self.enforcer.decide(&caller.identity(), &ping).allowed)
         });
         if closed > 0 {
             tracing::info!("closed {closed} session(s) the new policy denies everything");

@@ -19,6 +19,7 @@ pub mod body;
 pub mod engine;
 pub mod framing;
 pub mod hijack;
+pub mod jwt;
 pub mod limits;
 pub mod ownership;
 pub mod pipeline;
@@ -57,6 +58,9 @@ pub struct Config {
     pub max_connections: usize,
     /// How often the PKI directory is checked for a new CRL or certificate.
     pub reload_every: Duration,
+    /// Bearer tokens for callers without a certificate; `None` (the
+    /// default) requires a certificate at the handshake.
+    pub jwt: Option<jwt::JwtConfig>,
     /// The account to become after start-up when started as root;
     /// `None` keeps the current one (only for tests run unprivileged).
     pub run_as: Option<String>,
@@ -73,8 +77,17 @@ pub async fn run(
     // gateway with the reason; there is no allow-all fallback.
     let policy = Policy::init_dir(&config.policy_dir)
         .with_context(|| format!("loading the policy from {}", config.policy_dir.display()))?;
+    let jwt = config
+        .jwt
+        .as_ref()
+        .map(jwt::JwtVerifier::new)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("the JWT configuration")?;
+    let mut tls_options = config.tls.clone();
+    tls_options.client_cert_optional = jwt.is_some();
     let tls = Arc::new(
-        tls::TlsState::load(&config.pki_dir, config.tls.clone())
+        tls::TlsState::load(&config.pki_dir, tls_options)
             .with_context(|| format!("loading TLS material from {}", config.pki_dir.display()))?,
     );
     let signer = moat_audit::Signer::load(&config.pki_dir.join(moat_certs::authority::AUDIT_KEY))
@@ -120,14 +133,18 @@ pub async fn run(
         sessions: sessions.clone(),
     });
     tokio::spawn(admin.clone().watch(config.reload_every));
-    let gateway = Arc::new(pipeline::Gateway::new(
+    let mut gateway = pipeline::Gateway::new(
         engine::Engine::new(config.engine_socket.clone()),
         enforcer,
         audit.clone(),
         limits::Limits::new(config.limits.clone()),
         admin,
         config.options.clone(),
-    ));
+    );
+    if let Some(verifier) = jwt {
+        gateway = gateway.with_bearer_tokens(verifier);
+    }
+    let gateway = Arc::new(gateway);
     tokio::spawn(tls.clone().watch(sessions.clone(), config.reload_every));
     let server = Arc::new(server::Server {
         gateway,

@@ -24,6 +24,7 @@ use crate::limits::Limits;
 use crate::ownership::{self, Owned};
 use crate::record::{CallRecord, Decision, Level, Outcome};
 use crate::sessions::Registration;
+use crate::tls::Caller;
 
 pub type GatewayResponse = Response<GatewayBody>;
 
@@ -35,6 +36,7 @@ pub struct Gateway {
     pub limits: Limits,
     pub admin: Arc<crate::admin::Admin>,
     pub options: Options,
+    jwt: Option<crate::jwt::JwtVerifier>,
     ids: IdSource,
 }
 
@@ -100,8 +102,33 @@ impl Gateway {
             limits,
             admin,
             options,
+            jwt: None,
             ids: IdSource::new(),
         }
+    }
+
+    /// Accepts bearer tokens from connections without a certificate.
+    pub fn with_bearer_tokens(mut self, verifier: crate::jwt::JwtVerifier) -> Gateway {
+        self.jwt = Some(verifier);
+        self
+    }
+
+    pub fn bearer_tokens(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    /// The caller a request's bearer token names.
+    fn bearer(&self, headers: &HeaderMap) -> Result<Caller, String> {
+        let verifier = self
+            .jwt
+            .as_ref()
+            .ok_or_else(|| "a client certificate is required".to_owned())?;
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| "a client certificate or a bearer token is required".to_owned())?
+            .to_str()
+            .map_err(|_| "the Authorization header is not text".to_owned())?;
+        verifier.caller(value)
     }
 
     /// Serves one request of a connection.
@@ -119,16 +146,37 @@ impl Gateway {
             .headers()
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok());
+        // Authenticate: the connection's certificate, or else this
+        // request's bearer token.
+        let caller = match &conn.session.caller {
+            Some(caller) => Ok(caller.clone()),
+            None => self.bearer(request.headers()),
+        };
+        let anonymous = Caller {
+            user: String::new(),
+            groups: Vec::new(),
+            auth: moat_audit::Auth::None,
+            serial: None,
+            fingerprint: None,
+        };
         let mut record = CallRecord::new(
             self.ids.next(),
-            &conn.session,
+            caller.as_ref().unwrap_or(&anonymous),
+            &conn.session.source,
             request.method().as_str(),
             &target,
             user_agent,
         );
+        let caller = match caller {
+            Ok(caller) => caller,
+            Err(reason) => {
+                let refusal = Refusal::deny(StatusCode::UNAUTHORIZED, format!("moat: {reason}"));
+                return self.refuse(record, refusal).await;
+            }
+        };
         match self
             .clone()
-            .pipeline(&conn, request, framing, &target, &mut record)
+            .pipeline(&conn, &caller, request, framing, &target, &mut record)
             .await
         {
             Ok(response) => response,
@@ -139,12 +187,12 @@ impl Gateway {
     async fn pipeline(
         self: Arc<Self>,
         conn: &Arc<Registration>,
+        caller: &Caller,
         mut request: Request<Incoming>,
         framing: Framing,
         target: &str,
         record: &mut CallRecord,
     ) -> Result<GatewayResponse, Refusal> {
-        let caller = &conn.session.caller;
         let identity = caller.identity();
 
         // Classify: the route table decides what the call is, never the raw path.
@@ -211,7 +259,7 @@ impl Gateway {
         if route.action.served_by() == Server::Gateway {
             let (status, body) = self
                 .admin
-                .serve(&route, conn, judged.as_deref().unwrap_or(b""))
+                .serve(&route, caller, judged.as_deref().unwrap_or(b""))
                 .await;
             return Ok(self.complete_plain(record, status, body).await);
         }

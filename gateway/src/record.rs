@@ -9,7 +9,7 @@ use moat_api::Action;
 use moat_policy::Verdict;
 use serde_json::Value;
 
-use crate::sessions::Session;
+use crate::tls::Caller;
 
 pub use moat_audit::{Decision, Level};
 
@@ -46,12 +46,12 @@ pub struct Outcome {
 impl CallRecord {
     pub fn new(
         audit_id: String,
-        session: &Session,
+        caller: &Caller,
+        source: &str,
         method: &str,
         target: &str,
         user_agent: Option<&str>,
     ) -> CallRecord {
-        let caller = &session.caller;
         CallRecord {
             audit_id,
             time: time::OffsetDateTime::now_utc(),
@@ -61,7 +61,7 @@ impl CallRecord {
             auth: caller.auth,
             serial: caller.serial.clone(),
             fingerprint: caller.fingerprint.clone(),
-            source: session.source.clone(),
+            source: source.to_owned(),
             user_agent: user_agent.map(|ua| truncate(ua, 256)),
             method: truncate(method, 32),
             path: truncate(target, 4096),

@@ -95,24 +95,29 @@ impl Server {
                 return;
             }
         };
-        let caller = match stream
+        let certificate = stream
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|certs| certs.first())
-            .ok_or_else(|| "no client certificate".to_owned())
-            .and_then(|cert| Caller::from_certificate(cert))
-        {
-            Ok(caller) => caller,
-            Err(err) => {
+            .and_then(|c| c.first());
+        let caller = match certificate.map(|cert| Caller::from_certificate(cert)) {
+            Some(Ok(caller)) => Some(caller),
+            Some(Err(err)) => {
                 tracing::info!("refusing {peer}: {err}");
+                return;
+            }
+            // Only possible with bearer tokens configured: each request
+            // then names its caller.
+            None if self.gateway.bearer_tokens() => None,
+            None => {
+                tracing::info!("refusing {peer}: no client certificate");
                 return;
             }
         };
         // A CRL swapped in during the handshake: the verifier used the old one.
         if caller
-            .serial
-            .as_deref()
+            .as_ref()
+            .and_then(|c| c.serial.as_deref())
             .is_some_and(|s| self.tls.is_revoked(s))
         {
             return;
@@ -156,7 +161,8 @@ impl Server {
                 }
             }
             _ = sessions::closed(registration.closed.clone()) => {
-                tracing::info!("closed the session of {} from {peer}", registration.session.caller.user);
+                let user = registration.session.caller.as_ref().map_or("?", |c| c.user.as_str());
+                tracing::info!("closed the session of {user} from {peer}");
             }
             _ = idle => {}
         }

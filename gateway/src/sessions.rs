@@ -30,7 +30,10 @@ struct Entry {
 /// One connection's caller and where it came from.
 pub struct Session {
     pub id: u64,
-    pub caller: Caller,
+    /// The certificate's caller; `None` for a connection without a
+    /// certificate (allowed only with bearer tokens configured), whose
+    /// every request names its caller in a bearer token.
+    pub caller: Option<Caller>,
     pub source: String,
 }
 
@@ -49,7 +52,7 @@ impl Drop for Registration {
 }
 
 impl Sessions {
-    pub fn register(&self, caller: Caller, source: String) -> Registration {
+    pub fn register(&self, caller: Option<Caller>, source: String) -> Registration {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let (close, closed) = watch::channel(false);
         let session = Arc::new(Session { id, caller, source });

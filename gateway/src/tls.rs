@@ -134,8 +134,8 @@ impl TlsState {
                     );
                     let closed = sessions.close_where(|s| {
                         s.caller
-                            .serial
-                            .as_deref()
+                            .as_ref()
+                            .and_then(|c| c.serial.as_deref())
                             .is_some_and(|serial| self.is_revoked(serial))
                     });
                     if closed > 0 {
