@@ -201,6 +201,24 @@ impl AuditLog {
     }
 }
 
+/// However the writer thread ends (a panic included), later appends fail
+/// at once instead of waiting for a writer that is gone.
+struct ExitGuard<'a>(&'a Shared);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.0.queue);
+        queue.closing = true;
+        let result = queue.closed.get_or_insert(Err(AuditError::Closed)).clone();
+        for pending in queue.pending.drain(..) {
+            let _ = pending.reply.send(Err(AuditError::Closed));
+        }
+        for waiter in queue.close_waiters.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
 /// Owned by the writer thread.
 struct Writer {
     dir: PathBuf,
@@ -330,6 +348,7 @@ impl Writer {
     }
 
     fn run(mut self, shared: &Shared) {
+        let _refuse_after_exit = ExitGuard(shared);
         loop {
             let (batch, closing) = {
                 let mut queue = lock(&shared.queue);
