@@ -149,7 +149,8 @@ fn a_developer_runs_library_images_with_volumes() {
             Requirement::new(Action::ContainerAttachWebsocket, "web"),
             false,
         ),
-        (Requirement::new(Action::ContainerPrune, "*"), false),
+        // Prune is theirs: the gateway narrows it to their own containers.
+        (Requirement::new(Action::ContainerPrune, "*"), true),
         (Requirement::flag(P::ContainerAny), false),
         (Requirement::flag(P::HostUserns), false),
         (Requirement::flag(P::HostNetwork), false),
