@@ -752,25 +752,30 @@ mod tests {
 
     #[tokio::test]
     async fn rotation_continues_the_chain_and_so_does_reopening() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = &tmp.path().join("audit");
         let key = Key::new();
         let options = Options {
             max_file_bytes: 2048,
             checkpoint_every: 7,
             ..options()
         };
-        let log = AuditLog::open(dir.path(), key.signer(), options.clone()).unwrap();
+        let log = AuditLog::open(dir, key.signer(), options.clone()).unwrap();
         for n in 0..30 {
             log.append(record("alice", n)).await.unwrap();
         }
         log.close().await.unwrap();
-        let files = log_files(dir.path()).unwrap();
+        let files = log_files(dir).unwrap();
         assert!(files.len() > 3, "{files:?}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert!(files.iter().all(|f| mode(f) == 0o600));
+        assert_eq!(mode(dir), 0o700);
         for file in &files[..files.len() - 1] {
             assert!(std::fs::metadata(file).unwrap().len() <= 2048);
         }
 
-        let log = AuditLog::open(dir.path(), key.signer(), options).unwrap();
+        let log = AuditLog::open(dir, key.signer(), options).unwrap();
         assert_eq!(log.status().uncovered, 0);
         for n in 0..5 {
             log.append(record("bob", n)).await.unwrap();
@@ -779,10 +784,10 @@ mod tests {
         // Dropping the last handle lets the writer finish with a checkpoint.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let report = check(dir.path(), &key);
+            let report = check(dir, &key);
             if report.uncovered == 0 {
                 assert_eq!(report.records, 35);
-                assert_eq!(report.files, log_files(dir.path()).unwrap().len());
+                assert_eq!(report.files, log_files(dir).unwrap().len());
                 break;
             }
             assert!(Instant::now() < deadline, "{report:?}");
