@@ -925,3 +925,55 @@ fn bearer_tokens_when_configured_and_only_then() {
         .is_err()
     );
 }
+
+#[test]
+fn a_dry_run_policy_records_what_it_would_deny_and_denies_nothing() {
+    let gw = GatewayProcess::start();
+    let alice = gw.issue("alice", &["developer"]);
+    let policy = gw.state().join("policy");
+    let dry = policy.join("dry-run");
+    std::fs::create_dir_all(&dry).unwrap();
+    std::fs::copy(policy.join("model.conf"), dry.join("model.conf")).unwrap();
+    let stricter: String = std::fs::read_to_string(policy.join("policy.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| *l != "p, developer, container.create, *, allow")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dry.join("policy.csv"), stricter).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("dry run of the policy") {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    gw.docker_ok(&alice, &["run", "--rm", "busybox:test", "true"]);
+    gw.docker_ok(&alice, &["ps"]);
+    let calls = gw.completed_calls();
+    let create = calls
+        .iter()
+        .find(|r| r["action"] == "container.create")
+        .unwrap();
+    assert_eq!(create["decision"], "allow");
+    assert_eq!(create["dry_run"]["allowed"], false, "{create}");
+    assert!(
+        create["dry_run"]["denied"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("container.create (default deny)"),
+        "{create}"
+    );
+    let list = calls
+        .iter()
+        .find(|r| r["action"] == "container.list")
+        .unwrap();
+    assert!(list.get("dry_run").is_none(), "{list}");
+
+    // Ending the dry run ends the annotations.
+    std::fs::remove_dir_all(&dry).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("dry run ended") {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

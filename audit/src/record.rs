@@ -71,6 +71,11 @@ pub struct Record {
     /// The request body at level "request", already redacted by the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<serde_json::Value>,
+    /// What a candidate policy in dry run (`STATE/policy/dry-run/`) would
+    /// have decided, when it differs from the running one:
+    /// `{"allowed": false, "denied": ["host.bind:/srv (default deny)", ...]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<serde_json::Value>,
 }
 
 impl Default for Record {
@@ -104,6 +109,7 @@ impl Default for Record {
             bytes_out: None,
             duration_us: None,
             request: None,
+            dry_run: None,
         }
     }
 }

@@ -16,9 +16,16 @@ use serde_json::json;
 use crate::sessions::Sessions;
 use crate::tls::Caller;
 
+/// Where a candidate policy in dry run lives, below the policy directory.
+pub const DRY_RUN_DIR: &str = "dry-run";
+
 pub struct Admin {
     pub policy_dir: PathBuf,
     pub enforcer: Arc<Enforcer>,
+    /// A candidate policy evaluated beside the running one and never
+    /// enforced: where it would decide differently, the audit record says
+    /// so (`dry_run`). Loaded from `POLICY/dry-run/` while it exists.
+    pub dry_run: arc_swap::ArcSwapOption<Enforcer>,
     pub audit: moat_audit::AuditLog,
     pub sessions: Sessions,
 }
@@ -174,6 +181,29 @@ impl Admin {
         Ok(())
     }
 
+    /// Starts, replaces or ends the dry run from what `dir` holds.
+    fn load_dry_run(&self, dir: &std::path::Path) {
+        if !dir.exists() {
+            if self.dry_run.swap(None).is_some() {
+                tracing::info!("dry run ended");
+            }
+            return;
+        }
+        match Policy::load_dir(dir).and_then(Enforcer::new) {
+            Ok(candidate) => {
+                self.dry_run.store(Some(Arc::new(candidate)));
+                tracing::info!("dry run of the policy in {}", dir.display());
+            }
+            Err(err) => {
+                self.dry_run.store(None);
+                tracing::error!(
+                    "no dry run: the candidate in {} does not load: {err}",
+                    dir.display()
+                );
+            }
+        }
+    }
+
     /// Polls the policy directory and reloads it when its files change, so
     /// a local `moat policy` edit takes effect within `every`. A policy
     /// that does not load is logged and the running one stays.
@@ -192,8 +222,15 @@ impl Admin {
                 })
                 .collect()
         };
+        let dry_dir = self.policy_dir.join(DRY_RUN_DIR);
         let mut seen = stamp(&self.policy_dir);
+        let mut seen_dry = None;
         loop {
+            let now_dry = stamp(&dry_dir);
+            if Some(&now_dry) != seen_dry.as_ref() {
+                self.load_dry_run(&dry_dir);
+                seen_dry = Some(now_dry);
+            }
             tokio::time::sleep(every).await;
             let now = stamp(&self.policy_dir);
             if now == seen {

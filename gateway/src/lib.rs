@@ -111,7 +111,9 @@ pub async fn run(
             nix::unistd::chown(&path, Some(user.uid), Some(user.gid))
                 .with_context(|| format!("chown {}", path.display()))?;
         }
-        privilege::give_dir(&config.policy_dir, &user, 0o750)?;
+        // setgid: files an admin writes there as root (0640) stay readable
+        // by the gateway through the group.
+        privilege::give_dir(&config.policy_dir, &user, 0o2750)?;
         for entry in std::fs::read_dir(&config.policy_dir)? {
             let path = entry?.path();
             nix::unistd::chown(&path, Some(user.uid), Some(user.gid))
@@ -129,6 +131,7 @@ pub async fn run(
     let admin = Arc::new(admin::Admin {
         policy_dir: config.policy_dir.clone(),
         enforcer: enforcer.clone(),
+        dry_run: arc_swap::ArcSwapOption::empty(),
         audit: audit.clone(),
         sessions: sessions.clone(),
     });

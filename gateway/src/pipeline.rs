@@ -249,6 +249,17 @@ impl Gateway {
 
         // Authorize: every requirement, deny wins, default deny.
         let verdict = self.enforcer.decide(&identity, &requirements);
+        if let Some(candidate) = self.admin.dry_run.load_full() {
+            let shadow = candidate.decide(&identity, &requirements);
+            if shadow.allowed != verdict.allowed {
+                let denied: Vec<String> = shadow
+                    .denials()
+                    .map(|d| format!("{} ({})", d.requirement, d.rule))
+                    .collect();
+                record.dry_run =
+                    Some(serde_json::json!({ "allowed": shadow.allowed, "denied": denied }));
+            }
+        }
         let allowed = verdict.allowed;
         let message = (!allowed).then(|| denial_message(&caller.user, &verdict));
         record.verdict = Some(verdict);

@@ -32,6 +32,8 @@ pub struct CallRecord {
     pub verdict: Option<Verdict>,
     pub level: Level,
     pub request: Option<Value>,
+    /// What the dry-run policy would have decided, when it differs.
+    pub dry_run: Option<Value>,
     pub bytes_in: u64,
 }
 
@@ -70,6 +72,7 @@ impl CallRecord {
             verdict: None,
             level: Level::Metadata,
             request: None,
+            dry_run: None,
             bytes_in: 0,
         }
     }
@@ -135,6 +138,7 @@ impl CallRecord {
                 })
                 .collect(),
             request: self.request.clone(),
+            dry_run: self.dry_run.clone(),
             ..Default::default()
         }
     }
