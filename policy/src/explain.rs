@@ -49,13 +49,20 @@ impl Explanation {
                 items.join(", ")
             }
         };
-        let mut out = format!(
-            "{} (groups: {}; roles: {}): {}\n\n",
+        format!(
+            "{} (groups: {}; roles: {}): {}\n\n{}",
             self.user,
             list(&self.groups),
             list(&self.roles),
-            if self.allowed { "ALLOWED" } else { "DENIED" }
-        );
+            if self.allowed { "ALLOWED" } else { "DENIED" },
+            self.decision_table()
+        )
+    }
+
+    /// The table of [`table`](Explanation::table) without the line on who
+    /// asked: one row per requirement, under a header.
+    pub fn decision_table(&self) -> String {
+        let mut out = String::new();
         let rows: Vec<[String; 4]> = self
             .decisions
             .iter()

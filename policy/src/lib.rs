@@ -19,6 +19,8 @@
 //! - [`policy`](mod@policy): [`Policy`], a validated `model.conf` +
 //!   `policy.csv`, from a directory or built in; [`validate`].
 //! - [`rules`]: reading and checking `policy.csv` line by line.
+//! - [`edit`]: [`Draft`], a change to a policy that keeps its comments and
+//!   is validated whole before it is written; locks; [`diff`](edit::diff).
 //! - [`enforcer`]: [`Enforcer`], casbin behind an atomically swapped
 //!   pointer, with a decision cache per policy.
 //! - [`verdict`]: [`Verdict`], [`Decision`] and the [`Rule`] that decided.
@@ -30,6 +32,7 @@
 
 mod cache;
 pub mod derive;
+pub mod edit;
 pub mod enforcer;
 pub mod explain;
 pub mod hostpath;
@@ -42,6 +45,7 @@ pub mod rules;
 pub mod verdict;
 
 pub use derive::{DeriveError, RequestError, derive, derive_request};
+pub use edit::{Draft, RuleDiff};
 pub use enforcer::Enforcer;
 pub use explain::Explanation;
 pub use identity::Identity;

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::enforcer;
@@ -132,7 +132,10 @@ impl Policy {
 
     /// Writes the policy into `dir`, each file to a temporary name, synced,
     /// then renamed over the old one, so a crash leaves each file whole.
-    /// The model is written only when it changed.
+    /// The model is written only when it changed. A file keeps the owner
+    /// of the one it replaces (a new one takes the directory's), so root
+    /// editing the policy of a gateway that dropped to its own account
+    /// leaves files that gateway can still read.
     pub fn write_dir(&self, dir: &Path) -> Result<(), PolicyError> {
         let model_path = dir.join(MODEL_FILE);
         if fs::read_to_string(&model_path).ok().as_deref() != Some(self.model.as_str()) {
@@ -189,6 +192,11 @@ fn write_atomically(dir: &Path, name: &str, contents: &str) -> Result<(), Policy
             .truncate(true)
             .mode(0o640)
             .open(&temp)?;
+        let (uid, gid) = owner_for(&path, dir)?;
+        let mine = file.metadata()?;
+        if (mine.uid(), mine.gid()) != (uid, gid) {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
         file.write_all(contents.as_bytes())?;
         file.sync_all()?;
         fs::rename(&temp, &path)
@@ -197,6 +205,17 @@ fn write_atomically(dir: &Path, name: &str, contents: &str) -> Result<(), Policy
         let _ = fs::remove_file(&temp);
         PolicyError::Io { path, source }
     })
+}
+
+/// The owner a file written at `path` should have: that of the file it
+/// replaces, else that of `dir`.
+fn owner_for(path: &Path, dir: &Path) -> io::Result<(u32, u32)> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::metadata(dir)?,
+        Err(e) => return Err(e),
+    };
+    Ok((meta.uid(), meta.gid()))
 }
 
 #[cfg(test)]
@@ -270,5 +289,30 @@ mod tests {
             .filter(|n| n.to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_rewritten_file_keeps_its_owner() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let owner = |name: &str| {
+            let meta = fs::metadata(dir.join(name)).unwrap();
+            (meta.uid(), meta.gid())
+        };
+        // Giving files away needs root; elsewhere there is nothing to see.
+        if std::os::unix::fs::chown(dir, Some(4242), Some(4343)).is_err() {
+            return;
+        }
+        Policy::builtin().write_dir(dir).unwrap();
+        assert_eq!(
+            owner(POLICY_FILE),
+            (4242, 4343),
+            "a new file takes the directory's owner"
+        );
+        std::os::unix::fs::chown(dir.join(POLICY_FILE), Some(4444), Some(4545)).unwrap();
+        let policy = Policy::from_text(DEFAULT_MODEL, "p, admin, *, *, allow\n").unwrap();
+        policy.write_dir(dir).unwrap();
+        assert_eq!(owner(POLICY_FILE), (4444, 4545));
+        assert_eq!(validate(dir).unwrap(), policy);
     }
 }

@@ -77,6 +77,16 @@ impl fmt::Display for RuleKind {
     }
 }
 
+impl std::str::FromStr for RuleKind {
+    type Err = String;
+
+    /// One rule line, checked as a load checks it (but alone: whether a
+    /// role it grants is defined depends on the rest of the file).
+    fn from_str(line: &str) -> Result<RuleKind, String> {
+        parse_line(line.trim())
+    }
+}
+
 /// Reads and checks every line, then the whole: no duplicates, and every
 /// role a `g` line grants is defined (has a `p` rule, or inherits a role).
 pub(crate) fn parse(text: &str) -> Result<Vec<RuleLine>, PolicyError> {
