@@ -355,6 +355,8 @@ actions! {
     MoatAuditStatus = "moat.audit.status", ReadOnly, Plain, None;
     /// Enroll: exchange a one-time token and a CSR for a client certificate.
     MoatEnroll = "moat.enroll", Mutating, Plain, Json;
+    /// Renew: exchange a CSR for a new certificate for the caller's own identity.
+    MoatRenew = "moat.renew", Mutating, Plain, Json;
 }
 
 impl Action {
@@ -549,6 +551,7 @@ mod tests {
             Action::MoatPolicyPut,
             Action::MoatCheck,
             Action::MoatEnroll,
+            Action::MoatRenew,
         ] {
             assert_eq!(action.body_use(), BodyUse::Json, "{action}");
         }

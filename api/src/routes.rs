@@ -176,6 +176,7 @@ static ROUTES: &[RouteSpec] = &[
     route(POST,   "/moat/v1/reload",            Action::MoatReload,               None),
     route(GET,    "/moat/v1/audit/status",      Action::MoatAuditStatus,          None),
     route(POST,   "/moat/v1/enroll",            Action::MoatEnroll,               None),
+    route(POST,   "/moat/v1/renew",             Action::MoatRenew,                None),
 ];
 
 /// Every route moat serves, in the order of the docs.
