@@ -6,6 +6,7 @@
 //!   profile, resolved per container.
 //! - [`spec`]: a configuration → the OCI runtime spec, checked field by field.
 //! - [`userns`]: the subordinate id range containers run as.
+//! - [`cgroups`]: a container's v1 cgroups, made and joined by moat.
 //! - [`server`]: the Docker Engine API on a Unix socket.
 //! - [`images`]: the image store (OCI layout, unpacked layers per remap root).
 //! - [`runtime`]: the container store and lifecycle, through the shims.
@@ -18,6 +19,7 @@
 
 pub mod busybox;
 pub mod caps;
+pub mod cgroups;
 pub mod error;
 mod fsutil;
 pub mod images;

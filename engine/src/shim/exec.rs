@@ -1,8 +1,9 @@
 //! Running an extra process in a running container (`docker exec`).
 //!
 //! The process joins the container the way runc's `nsenter` does: its
-//! cgroups first (while still privileged on the host), then the user
-//! namespace, then the others; a second fork puts it inside the PID
+//! cgroups first (while still privileged on the host; through the
+//! container's cgroup handle, the cheap way, when moat manages them), then
+//! the user namespace, then the others; a second fork puts it inside the PID
 //! namespace. It then takes the container's confinement in the order that
 //! lets each step succeed: no-new-privileges, the seccomp filter (installed
 //! while the process still has CAP_SYS_ADMIN in the container's user
@@ -26,6 +27,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 use oci_spec::runtime::Spec;
 
 use super::rootfs::ProcessUser;
+use crate::cgroups::ContainerCgroup;
 
 /// The standard streams an exec'd process gets.
 pub struct ExecStdio {
@@ -49,12 +51,16 @@ pub struct ExecProcess<'a> {
 /// end of a pipe that carries an error message if it could not exec.
 pub fn spawn(
     init_pid: Pid,
+    cgroup: Option<&ContainerCgroup>,
     spec: &Spec,
     process: &ExecProcess<'_>,
     stdio: ExecStdio,
 ) -> Result<(Pid, OwnedFd), String> {
     let namespaces = namespaces_to_join(init_pid)?;
-    let cgroups = cgroup_procs_files(init_pid)?;
+    let cgroups = match cgroup {
+        Some(cgroup) => Cgroups::Moat(cgroup),
+        None => Cgroups::Files(cgroup_procs_files(init_pid)?),
+    };
     let args: Vec<CString> = process
         .args
         .iter()
@@ -168,6 +174,14 @@ fn namespaces_to_join(init: Pid) -> Result<Vec<(File, CloneFlags)>, String> {
     Ok(out)
 }
 
+/// How the joining process enters the container's cgroups.
+enum Cgroups<'a> {
+    /// moat's: the process moves itself (it is single-threaded).
+    Moat(&'a ContainerCgroup),
+    /// libcontainer's: the `cgroup.procs` files of the init process's cgroups.
+    Files(Vec<std::path::PathBuf>),
+}
+
 /// `cgroup.procs` of every hierarchy the init process is in.
 fn cgroup_procs_files(init: Pid) -> Result<Vec<std::path::PathBuf>, String> {
     let path = format!("/proc/{init}/cgroup");
@@ -198,10 +212,18 @@ fn cgroup_procs_files(init: Pid) -> Result<Vec<std::path::PathBuf>, String> {
     Ok(out)
 }
 
-fn join(namespaces: &[(File, CloneFlags)], cgroups: &[std::path::PathBuf]) -> Result<(), String> {
-    let me = std::process::id().to_string();
-    for file in cgroups {
-        std::fs::write(file, &me).map_err(|e| format!("joining {}: {e}", file.display()))?;
+fn join(namespaces: &[(File, CloneFlags)], cgroups: &Cgroups<'_>) -> Result<(), String> {
+    match cgroups {
+        Cgroups::Moat(cgroup) => cgroup
+            .enter()
+            .map_err(|e| format!("joining the cgroups: {e}"))?,
+        Cgroups::Files(files) => {
+            let me = std::process::id().to_string();
+            for file in files {
+                std::fs::write(file, &me)
+                    .map_err(|e| format!("joining {}: {e}", file.display()))?;
+            }
+        }
     }
     for (fd, flag) in namespaces {
         setns(fd.as_fd(), *flag).map_err(|e| format!("setns({flag:?}): {e}"))?;

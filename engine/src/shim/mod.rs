@@ -20,6 +20,7 @@
 
 pub mod archive;
 pub mod exec;
+mod launch;
 pub mod protocol;
 pub mod rootfs;
 
@@ -43,6 +44,7 @@ use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::cgroups::ContainerCgroup;
 use crate::fsutil;
 use crate::logs::{LogWriter, Rotation, Stream};
 use protocol::{
@@ -162,15 +164,31 @@ fn detach(state_dir: &Path) {
         let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
     }
     // libcontainer explains its failures through tracing; they go to shim.log.
-    let _ = tracing_subscriber::fmt()
+    // When moat manages the cgroups, libcontainer's cgroup manager finds
+    // none and warns once per controller: only its errors are kept.
+    use tracing_subscriber::layer::SubscriberExt;
+    let debug = std::env::var_os("MOAT_SHIM_DEBUG").is_some();
+    let level = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::WARN
+    };
+    let cgroups_level = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::ERROR
+    };
+    let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_max_level(if std::env::var_os("MOAT_SHIM_DEBUG").is_some() {
-            tracing::Level::DEBUG
-        } else {
-            tracing::Level::WARN
-        })
-        .try_init();
+        .with_max_level(level)
+        .finish()
+        .with(
+            tracing_subscriber::filter::Targets::new()
+                .with_default(level)
+                .with_target("libcgroups", cgroups_level),
+        );
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 /// A container that could not be created ends as Docker reports it:
@@ -304,6 +322,9 @@ struct Shim {
     config: ShimConfig,
     spec: Spec,
     container: Container,
+    /// The container's cgroups when moat manages them (v1 controllers);
+    /// `None` when libcontainer does (a cgroup v2-only host).
+    cgroup: Option<ContainerCgroup>,
     init: Pid,
     started_at: OffsetDateTime,
     status: Status,
@@ -332,22 +353,103 @@ impl Shim {
         let mut spec =
             Spec::load(&spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
 
-        // The container's processes inherit signal dispositions and the
-        // signal mask from the process that forks them: they must be the
-        // defaults (Rust's runtime ignores SIGPIPE) until the container exists.
-        reset_signals();
-
         rootfs::private_mount_namespace()?;
         rootfs::mount_layers(&config.layers, &config.rootfs)?;
         let user = rootfs::resolve_user(&config.rootfs, &config.user)?;
         set_process_user(&mut spec, &user);
-        spec.save(&spec_path)
-            .map_err(|e| format!("{}: {e}", spec_path.display()))?;
 
+        // The shim's own, before there is a container to clean up after:
+        // SIGCHLD arrives on a descriptor the loop polls, the signals that
+        // would end a daemon are ignored (the launcher puts every signal
+        // back to its default for the container's processes), the sockets
+        // and the log.
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block()
+            .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| format!("signalfd: {e}"))?;
+        for sig in [
+            Signal::SIGHUP,
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGPIPE,
+        ] {
+            // SAFETY: SIG_IGN installs no handler code.
+            unsafe {
+                let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn);
+            }
+        }
         fs::create_dir_all(&config.run_dir)
             .map_err(|e| format!("{}: {e}", config.run_dir.display()))?;
+        let control = bind(&config.run_dir.join(CONTROL_SOCKET))?;
+        let attach = bind(&config.run_dir.join(ATTACH_SOCKET))?;
+        let rotation = Rotation {
+            max_size: config.log_max_size,
+            max_file: config.log_max_files,
+        };
+        let log = LogWriter::open(state_dir.join(LOG_FILE), rotation).map_err(|e| e.to_string())?;
+
+        let cgroup = launch::prepare_cgroups(&spec, &config.id)?;
+        let (container, out, err, stdin) =
+            match Shim::create_container(&config, &spec, cgroup.as_ref()) {
+                Ok(created) => created,
+                Err(e) => {
+                    if let Some(cgroup) = &cgroup {
+                        let _ = cgroup.remove();
+                    }
+                    // No container: none of its sockets either.
+                    let _ = fs::remove_dir_all(&config.run_dir);
+                    return Err(e);
+                }
+            };
+        for fd in [&out, &err, &stdin].into_iter().flatten() {
+            set_nonblocking(fd.as_raw_fd());
+        }
+        let _ = fs::remove_file(state_dir.join(EXIT_STATUS));
+        let init = container.pid().ok_or("libcontainer reported no init pid")?;
+        let mut shim = Shim {
+            state_dir: state_dir.to_path_buf(),
+            config,
+            spec,
+            container,
+            cgroup,
+            init,
+            started_at: OffsetDateTime::now_utc(),
+            status: Status::Created,
+            log,
+            out,
+            err,
+            stdin,
+            stdin_backlog: Vec::new(),
+            control,
+            attach,
+            signals,
+            clients: Vec::new(),
+            waiters: Vec::new(),
+            execs: Vec::new(),
+            exit: None,
+        };
+        if let Err(e) = shim.save_state() {
+            abandon(&mut shim.container, Some(init), shim.cgroup.as_ref());
+            let _ = fs::remove_dir_all(&shim.config.run_dir);
+            return Err(e);
+        }
+        Ok(shim)
+    }
+
+    /// libcontainer's create, through the launcher: the created container
+    /// and the shim's ends of its stdio (out, err, stdin).
+    #[allow(clippy::type_complexity)]
+    fn create_container(
+        config: &ShimConfig,
+        spec: &Spec,
+        cgroup: Option<&ContainerCgroup>,
+    ) -> Result<(Container, Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>), String> {
+        launch::write_bundle(spec, &config.run_dir, cgroup.is_some())?;
+        let lc_root = config.run_dir.join(LIBCONTAINER_ROOT);
         let mut builder = ContainerBuilder::new(config.id.clone(), SyscallType::default())
-            .with_root_path(config.run_dir.join(LIBCONTAINER_ROOT))
+            .with_root_path(&lc_root)
             .map_err(|e| format!("libcontainer root: {e}"))?;
         let (mut out, mut err, mut stdin) = (None, None, None);
         let console = config.run_dir.join(CONSOLE_SOCKET);
@@ -375,78 +477,34 @@ impl Shim {
                 .with_stderr(err_w);
             None
         };
-        let mut container = builder
+        let builder = builder
             .validate_id()
             .map_err(|e| format!("container id: {e}"))?
-            .as_init(state_dir)
+            .as_init(&config.run_dir)
             .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(|e| describe_libcontainer_error(&e.to_string()))?;
-        if let Some(listener) = console_listener {
-            let master = receive_pty_master(&listener).inspect_err(|_| {
-                let _ = container.delete(true);
-            })?;
-            let _ = fs::remove_file(&console);
-            stdin = Some(master.try_clone().map_err(|e| format!("dup: {e}"))?);
-            out = Some(master);
-        }
-        let init = container.pid().ok_or("libcontainer reported no init pid")?;
-
-        // Now the shim's own: SIGCHLD arrives on a descriptor the loop
-        // polls, and the signals that would end a daemon are ignored.
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGCHLD);
-        mask.thread_block()
-            .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| format!("signalfd: {e}"))?;
-        for sig in [
-            Signal::SIGHUP,
-            Signal::SIGINT,
-            Signal::SIGTERM,
-            Signal::SIGPIPE,
-        ] {
-            // SAFETY: SIG_IGN installs no handler code.
-            unsafe {
-                let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn);
+            .with_detach(true);
+        let mut container = launch::launch(builder, cgroup, &lc_root.join(&config.id))?;
+        let init = container.pid();
+        let ready = (|| {
+            if let Some(listener) = console_listener {
+                let master = receive_pty_master(&listener)?;
+                let _ = fs::remove_file(&console);
+                stdin = Some(master.try_clone().map_err(|e| format!("dup: {e}"))?);
+                out = Some(master);
             }
+            if let Some(cgroup) = cgroup {
+                let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+                cgroup
+                    .limit_pids(resources)
+                    .map_err(|e| format!("cgroups: {e}"))?;
+            }
+            Ok::<(), String>(())
+        })();
+        if let Err(e) = ready {
+            abandon(&mut container, init, None);
+            return Err(e);
         }
-
-        let control = bind(&config.run_dir.join(CONTROL_SOCKET))?;
-        let attach = bind(&config.run_dir.join(ATTACH_SOCKET))?;
-        let rotation = Rotation {
-            max_size: config.log_max_size,
-            max_file: config.log_max_files,
-        };
-        let log = LogWriter::open(state_dir.join(LOG_FILE), rotation).map_err(|e| e.to_string())?;
-        for fd in [&out, &err, &stdin].into_iter().flatten() {
-            set_nonblocking(fd.as_raw_fd());
-        }
-        let _ = fs::remove_file(state_dir.join(EXIT_STATUS));
-        let shim = Shim {
-            state_dir: state_dir.to_path_buf(),
-            config,
-            spec,
-            container,
-            init,
-            started_at: OffsetDateTime::now_utc(),
-            status: Status::Created,
-            log,
-            out,
-            err,
-            stdin,
-            stdin_backlog: Vec::new(),
-            control,
-            attach,
-            signals,
-            clients: Vec::new(),
-            waiters: Vec::new(),
-            execs: Vec::new(),
-            exit: None,
-        };
-        shim.save_state()?;
-        Ok(shim)
+        Ok((container, out, err, stdin))
     }
 
     fn save_state(&self) -> Result<(), String> {
@@ -688,7 +746,7 @@ impl Shim {
         };
         // A paused container must be thawed to act on its signals.
         if self.status == Status::Paused && matches!(signal, Signal::SIGKILL | Signal::SIGTERM) {
-            let _ = self.container.resume();
+            let _ = self.set_paused(false);
             self.status = Status::Running;
         }
         match nix::sys::signal::kill(self.init, signal) {
@@ -699,13 +757,18 @@ impl Shim {
         }
     }
 
+    /// Freezes or thaws the container: through its cgroup when moat
+    /// manages it, through libcontainer otherwise.
+    fn set_paused(&mut self, pause: bool) -> Result<(), String> {
+        match (&self.cgroup, pause) {
+            (Some(cgroup), _) => cgroup.set_frozen(pause).map_err(|e| e.to_string()),
+            (None, true) => self.container.pause().map_err(|e| e.to_string()),
+            (None, false) => self.container.resume().map_err(|e| e.to_string()),
+        }
+    }
+
     fn pause(&mut self, pause: bool) -> Response {
-        let result = if pause {
-            self.container.pause()
-        } else {
-            self.container.resume()
-        };
-        match result {
+        match self.set_paused(pause) {
             Ok(()) => {
                 self.status = if pause {
                     Status::Paused
@@ -715,9 +778,7 @@ impl Shim {
                 let _ = self.save_state();
                 Response::Ok
             }
-            Err(e) => Response::Error {
-                message: e.to_string(),
-            },
+            Err(message) => Response::Error { message },
         }
     }
 
@@ -893,6 +954,7 @@ impl Shim {
         };
         let (pid, error_pipe) = exec::spawn(
             self.init,
+            self.cgroup.as_ref(),
             &self.spec,
             &exec::ExecProcess {
                 args: &request.args,
@@ -1067,7 +1129,10 @@ impl Shim {
         let status = ExitStatus {
             exit_code: code,
             finished_at: OffsetDateTime::now_utc(),
-            oom_killed: oom_killed(&self.spec),
+            oom_killed: match &self.cgroup {
+                Some(cgroup) => cgroup.oom_killed(),
+                None => oom_killed(&self.spec),
+            },
             error: String::new(),
         };
         if let Err(e) = fsutil::write_json(&self.state_dir.join(EXIT_STATUS), &status) {
@@ -1088,7 +1153,30 @@ impl Shim {
         if let Err(e) = self.container.delete(true) {
             eprintln!("shim: deleting the container: {e}");
         }
+        if let Some(cgroup) = &self.cgroup
+            && let Err(e) = cgroup.remove()
+        {
+            eprintln!("shim: removing the cgroups: {e}");
+        }
         let _ = fs::remove_dir_all(&self.config.run_dir);
+    }
+}
+
+/// Ends a created container that the shim cannot serve: its init process
+/// (the shim's child) is killed and reaped, libcontainer's state and the
+/// cgroups removed.
+fn abandon(container: &mut Container, init: Option<Pid>, cgroup: Option<&ContainerCgroup>) {
+    if let Some(pid) = init {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    }
+    if let Err(e) = container.delete(true) {
+        eprintln!("shim: deleting the container: {e}");
+    }
+    if let Some(cgroup) = cgroup
+        && let Err(e) = cgroup.remove()
+    {
+        eprintln!("shim: removing the cgroups: {e}");
     }
 }
 
@@ -1129,29 +1217,15 @@ fn set_process_user(spec: &mut Spec, user: &rootfs::ProcessUser) {
     spec.set_process(Some(process));
 }
 
-/// Whether the OOM killer acted in the container's memory cgroup.
+/// Whether the OOM killer acted in the container's memory cgroup, when
+/// libcontainer manages it (cgroup v2: `memory.events`).
 fn oom_killed(spec: &Spec) -> bool {
     let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
         return false;
     };
     let rel = path.to_string_lossy().trim_start_matches('/').to_owned();
-    let read_counter = |file: PathBuf, key: &str| -> Option<u64> {
-        fs::read_to_string(file).ok()?.lines().find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == key).then(|| v.trim().parse().ok()).flatten()
-        })
-    };
-    let v1 = read_counter(
-        Path::new("/sys/fs/cgroup/memory")
-            .join(&rel)
-            .join("memory.oom_control"),
-        "oom_kill",
-    );
-    let v2 = read_counter(
-        Path::new("/sys/fs/cgroup").join(&rel).join("memory.events"),
-        "oom_kill",
-    );
-    v1.or(v2).unwrap_or(0) > 0
+    fs::read_to_string(Path::new("/sys/fs/cgroup").join(rel).join("memory.events"))
+        .is_ok_and(|text| crate::cgroups::oom_kill_count(&text) > 0)
 }
 
 /// libcontainer's errors nest; the innermost message is what a person
