@@ -977,3 +977,79 @@ fn a_dry_run_policy_records_what_it_would_deny_and_denies_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn the_enrollment_port_serves_enrollment_and_nothing_else() {
+    let signer = tempfile::tempdir().unwrap();
+    let socket = signer.path().join("absent.sock");
+    let gw = GatewayProcess::start_with(&[
+        "--enroll-listen",
+        "127.0.0.1:0",
+        "--signer",
+        &format!("unix://{}", socket.display()),
+    ]);
+    let alice = gw.issue("alice", &["developer"]);
+    let ca = alice.join("ca.pem");
+    let address = gw.enroll_address().expect("the enrollment port is logged");
+    let enroll_port = |request: &str| -> String {
+        let tcp = TcpStream::connect(&address).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(tls_client(None, &ca), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+
+    // No certificate needed here, and the CA is handed out for pinning.
+    let answer = enroll_port(&get("/moat/v1/ca"));
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(answer.contains("BEGIN CERTIFICATE"));
+
+    // Nothing of the Docker API, nor the admin API, is reachable here.
+    for path in [
+        "/_ping",
+        "/v1.41/containers/json",
+        "/moat/v1/whoami",
+        "/moat/v1/policy",
+    ] {
+        let answer = enroll_port(&get(path));
+        assert_eq!(status_of(&answer), 403, "{path}: {answer}");
+    }
+    let create = r#"{"Image":"busybox:test","HostConfig":{"Privileged":true}}"#;
+    let answer = enroll_port(&format!(
+        "POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{create}",
+        create.len()
+    ));
+    assert_eq!(status_of(&answer), 403, "{answer}");
+    assert!(gw.engine.docker_ok(&["ps", "-aq"]).trim().is_empty());
+
+    // The signer is down: enrollment is refused, never improvised.
+    let body = r#"{"token":"00","csr":"x"}"#;
+    let enroll = format!(
+        "POST /moat/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(status_of(&enroll_port(&enroll)), 503);
+
+    // Malformed attempts count as failures; the sixth within a minute is
+    // refused without being looked at.
+    let junk = "POST /moat/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    for _ in 0..5 {
+        assert_eq!(status_of(&enroll_port(junk)), 400);
+    }
+    assert_eq!(status_of(&enroll_port(junk)), 429);
+
+    // Every attempt is audited.
+    let attempts = gw
+        .completed_calls()
+        .into_iter()
+        .filter(|r| r["path"] == "/moat/v1/enroll")
+        .count();
+    assert_eq!(attempts, 7);
+    // And renewal on the main port needs the signer too.
+    let (status, answer) = call(&gw, &alice, "POST", "/moat/v1/renew", r#"{"csr":"x"}"#);
+    assert_eq!(status, 503, "{answer}");
+}

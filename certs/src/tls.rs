@@ -112,6 +112,27 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The gateway's enrollment listener: the same server certificate, and no
+/// client authentication (a caller enrolling has no certificate yet).
+pub fn enrollment_server_config(
+    material: &ServerMaterial,
+    options: &ServerOptions,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let versions: &[&rustls::SupportedProtocolVersion] = if options.allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs(&material.cert_pem)?, private_key(&material.key_pem)?)
+        .map_err(|e| PkiError::Tls(format!("server certificate: {e}")))?;
+    config.alpn_protocols = options.alpn.clone();
+    Ok(Arc::new(config))
+}
+
 /// A client presenting `cert_pem`/`key_pem` and trusting only `ca_pem`.
 pub fn client_config(
     ca_pem: &str,

@@ -83,6 +83,14 @@ pub struct GatewayArgs {
     /// The audience (`aud`) bearer tokens must name, if any
     #[arg(long, value_name = "AUDIENCE")]
     jwt_audience: Option<String>,
+    /// Also serve enrollment (`moat login` with a one-time token) on this
+    /// address, without client certificates; needs --signer
+    #[arg(long, value_name = "ADDR:PORT", requires = "signer")]
+    enroll_listen: Option<SocketAddr>,
+    /// The enrollment signer's socket (`moat certs signer`), for enrollment
+    /// and renewal
+    #[arg(long, value_name = "unix://PATH")]
+    signer: Option<String>,
     /// The account to run as after start-up, when started as root
     #[arg(long, default_value = moat_gateway::privilege::GATEWAY_USER, value_name = "USER")]
     user: String,
@@ -101,8 +109,18 @@ pub fn run(args: GatewayArgs, state: &StateRoot) -> Result<()> {
         }),
         None => None,
     };
+    let enroll = match (&args.enroll_listen, &args.signer) {
+        (Some(listen), Some(signer)) => Some(moat_gateway::enroll::EnrollConfig {
+            listen: *listen,
+            signer: moat_gateway::enroll::unix_path(signer)
+                .context("--signer must be unix://PATH")?
+                .to_owned(),
+        }),
+        _ => None,
+    };
     let config = Config {
         jwt,
+        enroll,
         listen: args.listen,
         engine_socket: PathBuf::from(engine_socket),
         pki_dir: args.pki.unwrap_or_else(|| state.pki()),

@@ -28,6 +28,15 @@ pub struct Admin {
     pub dry_run: arc_swap::ArcSwapOption<Enforcer>,
     pub audit: moat_audit::AuditLog,
     pub sessions: Sessions,
+    /// The enrollment signer, for `moat.renew`; `None` when not configured.
+    pub signer: Option<crate::enroll::Signer>,
+}
+
+/// `POST /moat/v1/renew`: a CSR for a new key of the caller's own identity.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Renew {
+    csr: String,
 }
 
 /// `PUT /moat/v1/policy`: the new `policy.csv` (and optionally a new
@@ -149,6 +158,33 @@ impl Admin {
                 }
                 Err(e) => bad(StatusCode::INTERNAL_SERVER_ERROR, e),
             },
+            Action::MoatRenew => {
+                let renew: Renew = match serde_json::from_slice(body) {
+                    Ok(renew) => renew,
+                    Err(e) => return bad(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+                };
+                let (Some(signer), Some(serial)) = (&self.signer, &caller.serial) else {
+                    return bad(
+                        StatusCode::BAD_REQUEST,
+                        "renewal needs a client certificate and a gateway started with --signer",
+                    );
+                };
+                let request = json!({
+                    "op": "renew",
+                    "serial": serial,
+                    "user": caller.user,
+                    "groups": caller.groups,
+                    "csr": renew.csr,
+                });
+                match signer.call(&request).await {
+                    Ok(issued) => ok(issued),
+                    Err(e) => bad(e.status(), format!("renewal refused: {e}")),
+                }
+            }
+            Action::MoatEnroll => bad(
+                StatusCode::NOT_FOUND,
+                "enrollment is served on the gateway's enrollment port (--enroll-listen), to callers without a certificate",
+            ),
             other => bad(
                 StatusCode::NOT_IMPLEMENTED,
                 format!("{other} is not served yet"),

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod body;
 pub mod engine;
+pub mod enroll;
 pub mod framing;
 pub mod hijack;
 pub mod jwt;
@@ -61,6 +62,8 @@ pub struct Config {
     /// Bearer tokens for callers without a certificate; `None` (the
     /// default) requires a certificate at the handshake.
     pub jwt: Option<jwt::JwtConfig>,
+    /// The enrollment listener and its signer; `None`: no enrollment.
+    pub enroll: Option<enroll::EnrollConfig>,
     /// The account to become after start-up when started as root;
     /// `None` keeps the current one (only for tests run unprivileged).
     pub run_as: Option<String>,
@@ -96,6 +99,14 @@ pub async fn run(
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
+    let enroll_listener = match &config.enroll {
+        Some(enroll) => Some(
+            tokio::net::TcpListener::bind(enroll.listen)
+                .await
+                .with_context(|| format!("binding the enrollment port {}", enroll.listen))?,
+        ),
+        None => None,
+    };
 
     if nix::unistd::Uid::effective().is_root()
         && let Some(name) = &config.run_as
@@ -134,6 +145,10 @@ pub async fn run(
         dry_run: arc_swap::ArcSwapOption::empty(),
         audit: audit.clone(),
         sessions: sessions.clone(),
+        signer: config
+            .enroll
+            .as_ref()
+            .map(|e| enroll::Signer::new(e.signer.clone())),
     });
     tokio::spawn(admin.clone().watch(config.reload_every));
     let mut gateway = pipeline::Gateway::new(
@@ -151,11 +166,25 @@ pub async fn run(
     tokio::spawn(tls.clone().watch(sessions.clone(), config.reload_every));
     let server = Arc::new(server::Server {
         gateway,
-        tls,
+        tls: tls.clone(),
         sessions,
         timeouts: config.timeouts.clone(),
         max_connections: config.max_connections,
     });
+    if let (Some(enroll), Some(listener)) = (&config.enroll, enroll_listener) {
+        let (enroll_tls, ca_pem) = tls.enrollment().context("the enrollment listener's TLS")?;
+        let enrollment = Arc::new(enroll::Enrollment::new(
+            enroll::Signer::new(enroll.signer.clone()),
+            audit.clone(),
+            ca_pem,
+            address.port(),
+        ));
+        tracing::info!(
+            "enrollment on {} (no client certificate; enrollment only)",
+            listener.local_addr()?
+        );
+        tokio::spawn(enrollment.serve(listener, enroll_tls, std::future::pending()));
+    }
     ready(address);
     server.serve(listener, shutdown).await;
     audit.close().await.context("closing the audit log")?;

@@ -76,6 +76,14 @@ impl TlsState {
         self.config.load_full()
     }
 
+    /// The enrollment listener's configuration (no client authentication)
+    /// and the CA certificate it hands out.
+    pub fn enrollment(&self) -> Result<(Arc<ServerConfig>, String), PkiError> {
+        let material = self.material.lock().expect("tls material lock").clone();
+        let config = moat_certs::tls::enrollment_server_config(&material, &self.options)?;
+        Ok((config, material.ca_pem))
+    }
+
     pub fn is_revoked(&self, serial: &str) -> bool {
         self.revoked.load().contains(serial)
     }

@@ -87,6 +87,13 @@ impl GatewayProcess {
         }
     }
 
+    /// The enrollment port's address, when started with `--enroll-listen`.
+    pub fn enroll_address(&self) -> Option<String> {
+        let log = self.log();
+        let rest = log.split("enrollment on ").nth(1)?;
+        Some(rest.split_whitespace().next()?.to_owned())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
