@@ -158,14 +158,19 @@ fn ensure_user() -> Result<()> {
     {
         return Ok(());
     }
-    let status = Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            REMAP_USER,
-        ])
+    let mut useradd = Command::new("useradd");
+    useradd.args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]);
+    // The group may exist already (the gateway creates it for the socket
+    // when it starts first): join it rather than fail on it.
+    if nix::unistd::Group::from_name(REMAP_USER)
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        useradd.args(["--gid", REMAP_USER]);
+    }
+    let status = useradd
+        .arg(REMAP_USER)
         .status()
         .map_err(|e| EngineError::UserNamespace(format!("running useradd: {e}")))?;
     if !status.success() {

@@ -19,11 +19,16 @@ pub const ENGINE_GROUP: &str = "moat";
 /// The gateway's account, created (system user, no home, no shell, in the
 /// engine's group) if missing.
 pub fn ensure_account() -> Result<User> {
-    if Group::from_name(ENGINE_GROUP)?.is_none() {
-        run(Command::new("groupadd").args(["--system", ENGINE_GROUP]))?;
+    // Another process may be creating them at the same moment (two
+    // gateways starting): a failure that leaves them existing is success.
+    if Group::from_name(ENGINE_GROUP)?.is_none()
+        && let Err(err) = run(Command::new("groupadd").args(["--system", ENGINE_GROUP]))
+        && Group::from_name(ENGINE_GROUP)?.is_none()
+    {
+        return Err(err);
     }
-    if User::from_name(GATEWAY_USER)?.is_none() {
-        run(Command::new("useradd").args([
+    if User::from_name(GATEWAY_USER)?.is_none()
+        && let Err(err) = run(Command::new("useradd").args([
             "--system",
             "--no-create-home",
             "--shell",
@@ -32,7 +37,10 @@ pub fn ensure_account() -> Result<User> {
             "--groups",
             ENGINE_GROUP,
             GATEWAY_USER,
-        ]))?;
+        ]))
+        && User::from_name(GATEWAY_USER)?.is_none()
+    {
+        return Err(err);
     }
     User::from_name(GATEWAY_USER)?.with_context(|| format!("no user {GATEWAY_USER} after useradd"))
 }
