@@ -13,6 +13,7 @@
 //! | `crl.pem`         | 0644 | the CRL, signed by the CA                   |
 //! | `issued.json`     | 0600 | the issued-certificate index                |
 //! | `config.json`     | 0644 | server names and TTL limits chosen at init  |
+//! | `tokens.json`     | 0600 | enrollment tokens, hashed (`tokens`)        |
 
 use std::fs;
 use std::net::IpAddr;
@@ -21,13 +22,13 @@ use std::path::{Path, PathBuf};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    PublicKeyData, RevokedCertParams, SanType, SerialNumber, SubjectPublicKeyInfo,
+    PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
-use x509_parser::prelude::FromDer;
 
-use crate::index::{CertKind, Index, IssuedCert};
+use crate::csr::Csr;
+use crate::index::{CertKind, CertStatus, Index, IssuedCert};
 use crate::inspect::{CertSummary, normalize_serial};
 use crate::names::{self, Subject};
 use crate::store::{self, DirLock, KEY_MODE, PUBLIC_MODE};
@@ -317,7 +318,8 @@ impl Pki {
     /// Issues a client certificate with a new key, and records it.
     pub fn issue(&self, subject: &Subject, validity: Validity) -> Result<Issued, PkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut issued = self.sign_client(subject, validity, &key)?;
+        let lock = DirLock::acquire(&self.dir)?;
+        let mut issued = self.sign_client(&lock, subject, validity, &key)?;
         issued.key_pem = Some(key.serialize_pem());
         Ok(issued)
     }
@@ -326,51 +328,55 @@ impl Pki {
     /// machine. Only the CSR's public key and subject (CN and O, checked like
     /// any other name) are used; every extension it asks for is ignored.
     pub fn sign_csr(&self, csr_pem: &str, validity: Validity) -> Result<Issued, PkiError> {
-        let der = csr_der(csr_pem).map_err(PkiError::InvalidCsr)?;
-        let (rest, csr) =
-            x509_parser::certification_request::X509CertificationRequest::from_der(&der)
-                .map_err(|e| PkiError::InvalidCsr(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(PkiError::InvalidCsr(
-                "trailing bytes after the request".into(),
-            ));
-        }
-        csr.verify_signature()
-            .map_err(|e| PkiError::InvalidCsr(format!("signature does not verify: {e}")))?;
-        let info = &csr.certification_request_info;
-        let mut user = None;
-        let mut groups = Vec::new();
-        for attr in info.subject.iter_attributes() {
-            let value = attr
-                .as_str()
-                .map_err(|e| PkiError::InvalidCsr(format!("subject: {e}")))?
-                .to_owned();
-            let oid = attr.attr_type();
-            if *oid == x509_parser::oid_registry::OID_X509_COMMON_NAME && user.is_none() {
-                user = Some(value);
-            } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME {
-                groups.push(value);
-            } else {
-                return Err(PkiError::InvalidCsr(format!(
-                    "subject attribute {oid} is not allowed (only one CN and any number of O)"
-                )));
-            }
-        }
-        let user = user.ok_or_else(|| PkiError::InvalidCsr("subject has no CN".into()))?;
-        let subject = Subject::new(&user, &groups)?;
-        let public_key = SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
-            .map_err(|e| PkiError::InvalidCsr(format!("public key: {e}")))?;
-        self.sign_client(&subject, validity, &public_key)
+        let csr = Csr::parse(csr_pem)?;
+        let subject = csr.subject()?;
+        let lock = DirLock::acquire(&self.dir)?;
+        self.sign_client(&lock, &subject, validity, &csr.public_key()?)
     }
 
-    fn sign_client(
+    /// Renews a client certificate: the certificate with `serial` must be in
+    /// the index, unrevoked and unexpired; the new one certifies the CSR's
+    /// key for the same user and groups (the CSR's subject is ignored), for
+    /// the default client TTL. The old certificate stays valid until it
+    /// expires or is revoked.
+    pub fn renew(&self, serial: &str, csr_pem: &str) -> Result<Issued, PkiError> {
+        let csr = Csr::parse(csr_pem)?;
+        let validity = self.client_validity(None)?;
+        // One lock from the check to the new index entry, so a revocation
+        // cannot slip in between.
+        let lock = DirLock::acquire(&self.dir)?;
+        let index = self.load_index()?;
+        let record = index
+            .find(serial)
+            .map(|i| &index.certs[i])
+            .ok_or_else(|| PkiError::UnknownSerial(serial.to_owned()))?;
+        let refuse = |reason: &'static str| PkiError::NotRenewable {
+            serial: record.serial.clone(),
+            reason,
+        };
+        if record.kind != CertKind::Client {
+            return Err(refuse("it is not a client certificate"));
+        }
+        match record.status(OffsetDateTime::now_utc()) {
+            CertStatus::Valid => {}
+            CertStatus::Revoked => return Err(refuse("it is revoked")),
+            CertStatus::Expired => return Err(refuse("it has expired")),
+        }
+        let subject = Subject::new(&record.user, &record.groups)?;
+        self.sign_client(&lock, &subject, validity, &csr.public_key()?)
+    }
+
+    /// Signs and records a client certificate. The caller holds the
+    /// directory lock (flock on a second descriptor in the same process
+    /// would wait for itself), so a check it made under the lock still holds.
+    pub(crate) fn sign_client(
         &self,
+        _lock: &DirLock,
         subject: &Subject,
         validity: Validity,
         public_key: &impl PublicKeyData,
     ) -> Result<Issued, PkiError> {
         names::validate("user name", &subject.user)?;
-        let _lock = DirLock::acquire(&self.dir)?;
         let (issuer, ca_pem) = self.issuer()?;
         for group in &subject.groups {
             names::validate("group name", group)?;
@@ -609,13 +615,18 @@ impl Pki {
         Ok((issuer, ca_pem))
     }
 
-    fn load_index(&self) -> Result<Index, PkiError> {
+    pub(crate) fn load_index(&self) -> Result<Index, PkiError> {
         let path = self.path(INDEX);
         serde_json::from_str(&store::read_to_string(&path)?)
             .map_err(|e| PkiError::corrupt(&path, e))
     }
 
-    fn write_json(&self, file: &str, value: &impl Serialize, mode: u32) -> Result<(), PkiError> {
+    pub(crate) fn write_json(
+        &self,
+        file: &str,
+        value: &impl Serialize,
+        mode: u32,
+    ) -> Result<(), PkiError> {
         let mut json = serde_json::to_vec_pretty(value).expect("PKI state serializes");
         json.push(b'\n');
         store::write_atomic(&self.path(file), &json, mode)
@@ -671,10 +682,95 @@ pub(crate) fn cert_der(pem: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("no PEM certificate: {e:?}"))
 }
 
-/// The DER bytes of the first certificate signing request in `pem`.
-fn csr_der(pem: &str) -> Result<Vec<u8>, String> {
-    use rustls_pki_types::{CertificateSigningRequestDer, pem::PemObject};
-    CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
-        .map(|d| d.as_ref().to_vec())
-        .map_err(|e| format!("no PEM certificate request: {e:?}"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enroll::key_and_csr;
+
+    fn pki() -> (tempfile::TempDir, Pki) {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = PkiConfig {
+            server_ips: vec!["127.0.0.1".parse().unwrap()],
+            ..PkiConfig::default()
+        };
+        let pki = Pki::init(&tmp.path().join("pki"), config).unwrap();
+        (tmp, pki)
+    }
+
+    fn csr() -> String {
+        key_and_csr().unwrap().1
+    }
+
+    fn developer(user: &str) -> Subject {
+        Subject::new(user, &["developer".to_owned()]).unwrap()
+    }
+
+    #[test]
+    fn renewal_keeps_the_subject_and_takes_the_default_ttl() {
+        let (_tmp, pki) = pki();
+        let short = Validity::from_now(Duration::minutes(10));
+        let old = pki.issue(&developer("alice"), short).unwrap();
+        let new = pki.renew(&old.record.serial, &csr()).unwrap();
+        assert_ne!(new.record.serial, old.record.serial);
+        assert_eq!(new.record.user, "alice");
+        assert_eq!(new.record.groups, ["developer"]);
+        assert!(new.record.not_after - OffsetDateTime::now_utc() > Duration::hours(11));
+        assert_eq!(pki.list().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn renewal_needs_a_valid_client_certificate() {
+        let (_tmp, pki) = pki();
+        let now = OffsetDateTime::now_utc();
+        let expired = pki
+            .issue(
+                &developer("carol"),
+                Validity {
+                    not_before: now - Duration::hours(2),
+                    not_after: now - Duration::hours(1),
+                },
+            )
+            .unwrap();
+        let err = pki.renew(&expired.record.serial, &csr()).unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+
+        let revoked = pki
+            .issue(&developer("dave"), pki.client_validity(None).unwrap())
+            .unwrap();
+        pki.revoke_serial(&revoked.record.serial).unwrap();
+        let err = pki.renew(&revoked.record.serial, &csr()).unwrap_err();
+        assert!(err.to_string().contains("revoked"), "{err}");
+
+        let server = pki
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.kind == CertKind::Server)
+            .unwrap();
+        let err = pki.renew(&server.serial, &csr()).unwrap_err();
+        assert!(err.to_string().contains("not a client"), "{err}");
+
+        let err = pki.renew("ABCDEF", &csr()).unwrap_err();
+        assert!(matches!(err, PkiError::UnknownSerial(_)), "{err}");
+    }
+
+    #[test]
+    fn a_request_whose_signature_does_not_verify_is_refused() {
+        let (_tmp, pki) = pki();
+        let good = pki
+            .issue(&developer("erin"), pki.client_validity(None).unwrap())
+            .unwrap();
+        let block = pem::parse(csr()).unwrap();
+        let mut der = block.contents().to_vec();
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        let forged = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
+        let err = pki.renew(&good.record.serial, &forged).unwrap_err();
+        assert!(matches!(err, PkiError::InvalidCsr(_)), "{err}");
+        let token = pki
+            .create_token(&developer("erin"), Duration::minutes(5))
+            .unwrap();
+        let err = pki.redeem_token(&token, &forged).unwrap_err();
+        assert!(matches!(err, PkiError::InvalidCsr(_)), "{err}");
+    }
 }

@@ -39,6 +39,18 @@ pub enum PkiError {
     UnknownUser(String),
     #[error("certificate {0} is already revoked")]
     AlreadyRevoked(String),
+    #[error("certificate {serial} cannot be renewed: {reason}")]
+    NotRenewable {
+        serial: String,
+        reason: &'static str,
+    },
+    // The token's own value is never part of a message: messages are logged.
+    #[error("unknown enrollment token (ask your admin for a new one)")]
+    UnknownToken,
+    #[error("the enrollment token expired at {0} (ask your admin for a new one)")]
+    TokenExpired(String),
+    #[error("the enrollment token was already used at {0} (ask your admin for a new one)")]
+    TokenUsed(String),
     #[error("invalid certificate signing request: {0}")]
     InvalidCsr(String),
     #[error("invalid host name {0:?} for the server certificate")]

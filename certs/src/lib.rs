@@ -7,7 +7,12 @@
 //! Client certificates carry the identity the gateway enforces: the common
 //! name is the user, each organization is a group.
 //!
-//! - [`authority`]: the [`Pki`] itself: init, issue, sign, revoke, re-sign the CRL.
+//! - [`authority`]: the [`Pki`] itself: init, issue, sign, renew, revoke,
+//!   re-sign the CRL.
+//! - [`tokens`]: one-time enrollment tokens, stored hashed.
+//! - [`enroll`]: the signer's protocol (enroll with a token, renew with a
+//!   valid certificate) and the client's key, CSR and CA pin.
+//! - `csr`: certificate signing requests, parsed and verified once for all.
 //! - [`names`]: which user and group names may go into a subject.
 //! - [`index`]: the issued-certificate index.
 //! - [`inspect`]: reading a certificate back (subject, serial, fingerprint).
@@ -18,13 +23,16 @@
 //! - [`ttl`]: durations such as `12h` or `30d`.
 
 pub mod authority;
+mod csr;
 mod der;
+pub mod enroll;
 pub mod error;
 pub mod index;
 pub mod inspect;
 pub mod names;
 pub mod store;
 pub mod tls;
+pub mod tokens;
 pub mod ttl;
 
 pub use authority::{Bundle, Issued, Pki, PkiConfig, Validity};
