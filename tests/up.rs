@@ -51,7 +51,7 @@ fn up(
     (child, String::from_utf8_lossy(&printed).into_owned())
 }
 
-fn interrupt_and_wait(mut child: std::process::Child) -> String {
+fn interrupt_and_wait(child: std::process::Child) -> String {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

@@ -159,7 +159,12 @@ fn ensure_user() -> Result<()> {
         return Ok(());
     }
     let mut useradd = Command::new("useradd");
-    useradd.args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]);
+    useradd.args([
+        "--system",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+    ]);
     // The group may exist already (the gateway creates it for the socket
     // when it starts first): join it rather than fail on it.
     if nix::unistd::Group::from_name(REMAP_USER)
