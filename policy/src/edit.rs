@@ -131,6 +131,24 @@ impl Draft {
         removed
     }
 
+    /// Removes the comment line `# text` (as [`comment`] wrote it), and a
+    /// blank line before it that would be left doubled or trailing.
+    /// Returns whether there was one.
+    ///
+    /// [`comment`]: Draft::comment
+    pub fn remove_comment(&mut self, text: &str) -> bool {
+        let wanted = format!("# {text}");
+        let Some(i) = self.lines.iter().position(|l| l.trim() == wanted) else {
+            return false;
+        };
+        self.lines.remove(i);
+        let blank = |line: Option<&String>| line.is_none_or(|l| l.trim().is_empty());
+        if i > 0 && blank(self.lines.get(i - 1)) && blank(self.lines.get(i)) {
+            self.lines.remove(i - 1);
+        }
+        true
+    }
+
     /// Adds `user`'s lock: a [`LOCK_MARKER`] comment (with `note` after
     /// the name) and the [`lock_rule`] under it. `Ok(false)` when the user
     /// is locked already; an error when the same deny is there without the
@@ -327,6 +345,19 @@ mod tests {
         draft.remove(|r| matches!(r, RuleKind::Permission { .. }));
         let err = draft.finish().unwrap_err().to_string();
         assert!(err.contains("role \"dev\" is not defined"), "{err}");
+    }
+
+    #[test]
+    fn a_comment_goes_with_the_blank_line_before_it() {
+        let text = "p, dev, container.create, *, allow\n";
+        let mut draft = policy(text).draft();
+        draft.separate();
+        draft.comment("role x");
+        draft.add(&"p, x, container.start, *, allow".parse().unwrap());
+        draft.remove(|r| matches!(r, RuleKind::Permission { subject, .. } if subject == "x"));
+        assert!(draft.remove_comment("role x"));
+        assert!(!draft.remove_comment("role x"));
+        assert_eq!(draft.text(), text);
     }
 
     #[test]
