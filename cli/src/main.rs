@@ -5,6 +5,7 @@ mod audit;
 mod certs;
 mod engine;
 mod gateway;
+mod policy;
 mod state;
 mod up;
 
@@ -44,6 +45,8 @@ enum Command {
     Engine(engine::EngineArgs),
     /// The mutual-TLS gateway: identity, policy and audit in front of the engine
     Gateway(gateway::GatewayArgs),
+    /// Who may do what: roles, bindings, locks, checks, dry runs
+    Policy(policy::PolicyArgs),
     /// Write a busybox root filesystem (from the host's busybox-static) into DIR
     #[command(
         after_help = "Example:\n  moat busybox-rootfs /tmp/rootfs && tar -C /tmp/rootfs -c . | docker import - busybox:test"
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => audit::run(cmd, &state),
         Command::Engine(args) => engine::run(args, &state),
         Command::Gateway(args) => gateway::run(args, &state),
+        Command::Policy(args) => policy::run(args, &state),
         Command::BusyboxRootfs { dir } => {
             moat_engine::busybox::write_rootfs(&dir).map_err(anyhow::Error::from)
         }
