@@ -1053,3 +1053,70 @@ fn the_enrollment_port_serves_enrollment_and_nothing_else() {
     let (status, answer) = call(&gw, &alice, "POST", "/moat/v1/renew", r#"{"csr":"x"}"#);
     assert_eq!(status, 503, "{answer}");
 }
+
+#[test]
+fn limits_answer_overload_and_the_gateway_keeps_serving() {
+    let gw = GatewayProcess::start_with(&[
+        "--user-rate",
+        "1",
+        "--user-burst",
+        "3",
+        "--header-timeout",
+        "1",
+        "--idle-timeout",
+        "2",
+        "--max-connections",
+        "4",
+    ]);
+    let alice = gw.issue("alice", &["developer"]);
+    let ca = alice.join("ca.pem");
+    let client = tls_client(Some(&alice), &ca);
+
+    // Rate: a burst of 3, then 429 with the reason.
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| status_of(&raw(&gw, client.clone(), get("/_ping").as_bytes()).unwrap()))
+        .collect();
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    assert_eq!(statuses[4], 429, "{statuses:?}");
+
+    // Slowloris: headers never finished are cut after the header timeout.
+    let started = Instant::now();
+    let answer =
+        raw(&gw, client.clone(), b"GET /_ping HTTP/1.1\r\nHost: x\r\n").unwrap_or_default();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // Idle: a connection that says nothing is closed (by the header
+    // timeout before a first request, the idle timeout after one).
+    let tcp = TcpStream::connect(&gw.address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let mut idle = rustls::StreamOwned::new(conn, tcp);
+    idle.flush().unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let _ = idle.read(&mut buf);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(9),
+        "{waited:?}"
+    );
+
+    // Connections over the limit are closed at once; the gateway goes on.
+    let held: Vec<TcpStream> = (0..6)
+        .filter_map(|_| TcpStream::connect(&gw.address).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        status_of(&raw(&gw, client, get("/_ping").as_bytes()).unwrap()),
+        200
+    );
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(gw.pid() as i32), None).is_ok());
+}
