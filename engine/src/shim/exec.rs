@@ -26,6 +26,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 use oci_spec::runtime::Spec;
 
+use super::filter::Filter;
 use super::rootfs::ProcessUser;
 use crate::cgroups::ContainerCgroup;
 
@@ -52,6 +53,7 @@ pub struct ExecProcess<'a> {
 pub fn spawn(
     init_pid: Pid,
     cgroup: Option<&ContainerCgroup>,
+    filter: Option<&Filter>,
     spec: &Spec,
     process: &ExecProcess<'_>,
     stdio: ExecStdio,
@@ -123,7 +125,7 @@ pub fn spawn(
             };
             if pid == 0 {
                 drop(pid_w);
-                let err = become_process(spec, process, &args, &env, stdio);
+                let err = become_process(spec, filter, process, &args, &env, stdio);
                 let _ = report.write_all(err.message.as_bytes());
                 unsafe { libc::_exit(err.code) }
             }
@@ -233,6 +235,7 @@ fn join(namespaces: &[(File, CloneFlags)], cgroups: &Cgroups<'_>) -> Result<(), 
 
 fn become_process(
     spec: &Spec,
+    filter: Option<&Filter>,
     process: &ExecProcess<'_>,
     args: &[CString],
     env: &[CString],
@@ -273,9 +276,18 @@ fn become_process(
             );
         }
     }
-    if let Some(filter) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref())
-        && let Err(e) = libcontainer::seccomp::initialize_seccomp(filter)
-    {
+    // The container's compiled filter, or (a notify filter) libcontainer's.
+    let loaded = match (
+        filter,
+        spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()),
+    ) {
+        (Some(filter), _) => filter.install().map_err(|e| e.to_string()),
+        (None, Some(seccomp)) => libcontainer::seccomp::initialize_seccomp(seccomp)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        (None, None) => Ok(()),
+    };
+    if let Err(e) = loaded {
         return fail(126, format!("seccomp: {e}"));
     }
 

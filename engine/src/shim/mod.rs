@@ -20,6 +20,7 @@
 
 pub mod archive;
 pub mod exec;
+mod filter;
 mod launch;
 pub mod protocol;
 pub mod rootfs;
@@ -47,6 +48,7 @@ use time::OffsetDateTime;
 use crate::cgroups::ContainerCgroup;
 use crate::fsutil;
 use crate::logs::{LogWriter, Rotation, Stream};
+use filter::Filter;
 use protocol::{
     AttachHeader, ExecExit, ExecRequest, ExitStatus, Request, Response, STDERR, STDOUT, ShimState,
     Status, frame,
@@ -325,6 +327,9 @@ struct Shim {
     /// The container's cgroups when moat manages them (v1 controllers);
     /// `None` when libcontainer does (a cgroup v2-only host).
     cgroup: Option<ContainerCgroup>,
+    /// The compiled seccomp filter, for execs; `None` when the container
+    /// has none or libcontainer loads it (a notify filter).
+    filter: Option<Filter>,
     init: Pid,
     started_at: OffsetDateTime,
     status: Status,
@@ -342,6 +347,17 @@ struct Shim {
     waiters: Vec<UnixStream>,
     execs: Vec<Exec>,
     exit: Option<(i32, Instant)>,
+}
+
+/// What libcontainer's create leaves the shim.
+struct Created {
+    container: Container,
+    /// stdout, or the pty master with a TTY.
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    /// The container's stdin (the pty master again with a TTY).
+    stdin: Option<OwnedFd>,
+    filter: Option<Filter>,
 }
 
 impl Shim {
@@ -391,18 +407,23 @@ impl Shim {
         let log = LogWriter::open(state_dir.join(LOG_FILE), rotation).map_err(|e| e.to_string())?;
 
         let cgroup = launch::prepare_cgroups(&spec, &config.id)?;
-        let (container, out, err, stdin) =
-            match Shim::create_container(&config, &spec, cgroup.as_ref()) {
-                Ok(created) => created,
-                Err(e) => {
-                    if let Some(cgroup) = &cgroup {
-                        let _ = cgroup.remove();
-                    }
-                    // No container: none of its sockets either.
-                    let _ = fs::remove_dir_all(&config.run_dir);
-                    return Err(e);
+        let Created {
+            container,
+            out,
+            err,
+            stdin,
+            filter,
+        } = match Shim::create_container(&config, &spec, cgroup.as_ref()) {
+            Ok(created) => created,
+            Err(e) => {
+                if let Some(cgroup) = &cgroup {
+                    let _ = cgroup.remove();
                 }
-            };
+                // No container: none of its sockets either.
+                let _ = fs::remove_dir_all(&config.run_dir);
+                return Err(e);
+            }
+        };
         for fd in [&out, &err, &stdin].into_iter().flatten() {
             set_nonblocking(fd.as_raw_fd());
         }
@@ -414,6 +435,7 @@ impl Shim {
             spec,
             container,
             cgroup,
+            filter,
             init,
             started_at: OffsetDateTime::now_utc(),
             status: Status::Created,
@@ -438,19 +460,29 @@ impl Shim {
         Ok(shim)
     }
 
-    /// libcontainer's create, through the launcher: the created container
-    /// and the shim's ends of its stdio (out, err, stdin).
-    #[allow(clippy::type_complexity)]
+    /// libcontainer's create, through the launcher.
     fn create_container(
         config: &ShimConfig,
         spec: &Spec,
         cgroup: Option<&ContainerCgroup>,
-    ) -> Result<(Container, Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>), String> {
-        launch::write_bundle(spec, &config.run_dir, cgroup.is_some())?;
+    ) -> Result<Created, String> {
+        // libcontainer's copy of the spec: the compiled seccomp filter
+        // replaces libcontainer's own, and the cgroups are moat's.
+        let mut lc_spec = spec.clone();
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+        let filter = match seccomp {
+            Some(seccomp) => Filter::for_spec(seccomp, &filter::cache_dir(&config.run_dir))?,
+            None => None,
+        };
+        let executor = filter.clone().map(|f| filter::hand_over(&mut lc_spec, f));
+        launch::write_bundle(&lc_spec, &config.run_dir, cgroup.is_some())?;
         let lc_root = config.run_dir.join(LIBCONTAINER_ROOT);
         let mut builder = ContainerBuilder::new(config.id.clone(), SyscallType::default())
             .with_root_path(&lc_root)
             .map_err(|e| format!("libcontainer root: {e}"))?;
+        if let Some(executor) = executor {
+            builder = builder.with_executor(executor);
+        }
         let (mut out, mut err, mut stdin) = (None, None, None);
         let console = config.run_dir.join(CONSOLE_SOCKET);
         let console_listener = if config.tty {
@@ -504,7 +536,13 @@ impl Shim {
             abandon(&mut container, init, None);
             return Err(e);
         }
-        Ok((container, out, err, stdin))
+        Ok(Created {
+            container,
+            out,
+            err,
+            stdin,
+            filter,
+        })
     }
 
     fn save_state(&self) -> Result<(), String> {
@@ -955,6 +993,7 @@ impl Shim {
         let (pid, error_pipe) = exec::spawn(
             self.init,
             self.cgroup.as_ref(),
+            self.filter.as_ref(),
             &self.spec,
             &exec::ExecProcess {
                 args: &request.args,
