@@ -154,6 +154,7 @@ fn token_hash(token: &str) -> String {
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 

@@ -98,6 +98,48 @@ pub enum CertsCommand {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Make a one-time enrollment token for someone to `moat login` with
+    #[command(
+        after_help = "Example:\n  moat certs token bob --group developer --ttl 15m\n  \
+        (bob) moat login https://moat.example.com:2377 --token TOKEN --ca-pin sha256:...\n\n\
+        The token is shown once and stored only as its hash. It enrolls USER with\n\
+        these groups once, within its TTL (at most 24h), whatever the login asks for."
+    )]
+    Token {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The user the certificate will name
+        user: String,
+        /// A group (repeatable)
+        #[arg(long = "group", short = 'g', value_name = "GROUP")]
+        groups: Vec<String>,
+        /// How long the token can be used, e.g. 15m, 2h (at most 24h)
+        #[arg(long, default_value = "15m", value_name = "TTL")]
+        ttl: String,
+        /// The gateway's enrollment address, for the printed command line
+        /// [default: https://FIRST-SERVER-NAME:2377]
+        #[arg(long, value_name = "https://HOST:PORT")]
+        enroll_url: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Run the signer: signs for enrollment tokens and renewals the gateway forwards (root)
+    #[command(
+        after_help = "Example:\n  sudo moat certs signer --socket /run/moat/enroll.sock\n  \
+        moat gateway --enroll-listen 0.0.0.0:2377 --signer unix:///run/moat/enroll.sock ...\n\n\
+        `moat up` starts it for you. Protocol: one JSON line each way per connection\n\
+        (docs/admin-guide.md)."
+    )]
+    Signer {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The Unix socket to listen on (0660 root:GROUP)
+        #[arg(long, default_value = "/run/moat/enroll.sock", value_name = "PATH")]
+        socket: PathBuf,
+        /// The group that may connect: the gateway's
+        #[arg(long, default_value = moat_gateway::privilege::GATEWAY_USER, value_name = "GROUP")]
+        group: String,
+    },
     /// Issue a new certificate for the gateway (optionally with new names)
     RenewServer {
         #[command(flatten)]
@@ -128,11 +170,11 @@ impl DirArg {
 pub struct OutputArg {
     /// Output format
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-    output: Output,
+    pub(crate) output: Output,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Table,
     Json,
 }
@@ -227,6 +269,61 @@ pub fn run(cmd: CertsCommand, state: &StateRoot) -> Result<()> {
             let pki = Pki::open(&dir.path(state))?;
             print_list(&pki.list()?, output.output)?;
         }
+        CertsCommand::Token {
+            dir,
+            user,
+            groups,
+            ttl,
+            enroll_url,
+            output,
+        } => {
+            let subject = Subject::new(&user, &groups)?;
+            let ttl = ttl::parse(&ttl)?;
+            let pki = Pki::open(&dir.path(state))?;
+            let url = enroll_url.unwrap_or_else(|| default_enroll_url(pki.config()));
+            let pin = pki.ca_summary()?.fingerprint;
+            let token = pki.create_token(&subject, ttl)?;
+            let expires = (OffsetDateTime::now_utc() + ttl)
+                .replace_nanosecond(0)
+                .expect("zero is a valid nanosecond");
+            let login = format!("moat login {url} --token {token} --ca-pin {pin}");
+            match output.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "token": token,
+                        "user": subject.user,
+                        "groups": subject.groups,
+                        "expires_at": rfc3339(expires),
+                        "enroll_url": url,
+                        "ca_pin": pin,
+                        "login": login,
+                    }))?
+                ),
+                Output::Table => {
+                    println!(
+                        "One-time token for {} (groups: {}), usable once until {}:",
+                        subject.user,
+                        groups_text(&subject.groups),
+                        rfc3339(expires)
+                    );
+                    println!();
+                    println!("  {token}");
+                    println!();
+                    println!("{} runs:", subject.user);
+                    println!();
+                    println!("  {login}");
+                    println!();
+                    println!(
+                        "Send it privately: whoever runs it first becomes {}.",
+                        subject.user
+                    );
+                }
+            }
+        }
+        CertsCommand::Signer { dir, socket, group } => {
+            crate::signer::run(&dir.path(state), &socket, &group)?;
+        }
         CertsCommand::RenewServer { dir, hosts, ips } => {
             let mut pki = Pki::open(&dir.path(state))?;
             let replace_names = !hosts.is_empty() || !ips.is_empty();
@@ -264,11 +361,7 @@ fn report_issued(record: &IssuedCert, out: Option<&Path>, output: Output) -> Res
         "Issued {} for user {} (groups: {}), valid until {}",
         record.serial,
         record.user,
-        if record.groups.is_empty() {
-            "none".to_owned()
-        } else {
-            record.groups.join(", ")
-        },
+        groups_text(&record.groups),
         rfc3339(record.not_after)
     );
     if let Some(out) = out {
@@ -320,6 +413,28 @@ fn print_list(certs: &[IssuedCert], output: Output) -> Result<()> {
     Ok(())
 }
 
+fn groups_text(groups: &[String]) -> String {
+    if groups.is_empty() {
+        "none".to_owned()
+    } else {
+        groups.join(", ")
+    }
+}
+
+/// `https://NAME:2377` for the first name in the gateway's certificate.
+fn default_enroll_url(config: &PkiConfig) -> String {
+    let host = match (config.server_hosts.first(), config.server_ips.first()) {
+        (Some(host), _) => host.clone(),
+        (None, Some(IpAddr::V6(ip))) => format!("[{ip}]"),
+        (None, Some(ip)) => ip.to_string(),
+        (None, None) => "localhost".to_owned(),
+    };
+    format!("https://{host}:{DEFAULT_ENROLL_PORT}")
+}
+
+/// The enrollment port: the gateway's 2376, plus one.
+pub(crate) const DEFAULT_ENROLL_PORT: u16 = 2377;
+
 fn server_names(config: &PkiConfig) -> String {
     config
         .server_hosts
@@ -330,7 +445,7 @@ fn server_names(config: &PkiConfig) -> String {
         .join(", ")
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }

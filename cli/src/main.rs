@@ -5,7 +5,10 @@ mod audit;
 mod certs;
 mod engine;
 mod gateway;
+mod https;
+mod login;
 mod policy;
+mod signer;
 mod state;
 mod up;
 
@@ -47,6 +50,19 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// Who may do what: roles, bindings, locks, checks, dry runs
     Policy(policy::PolicyArgs),
+    /// Get a certificate with a one-time token from your admin, or renew the one you have
+    Login(login::LoginArgs),
+    /// Who the gateway says you are: user, groups, roles, certificate expiry
+    #[command(after_help = "Example:\n  moat whoami\n  moat whoami --output json")]
+    Whoami {
+        #[command(flatten)]
+        bundle: login::BundleArgs,
+        #[command(flatten)]
+        output: certs::OutputArg,
+    },
+    /// Print the DOCKER_* exports for the bundle `moat login` saved
+    #[command(after_help = "Example:\n  eval \"$(moat env)\" && docker ps")]
+    Env(login::BundleArgs),
     /// Write a busybox root filesystem (from the host's busybox-static) into DIR
     #[command(
         after_help = "Example:\n  moat busybox-rootfs /tmp/rootfs && tar -C /tmp/rootfs -c . | docker import - busybox:test"
@@ -102,6 +118,9 @@ fn main() -> ExitCode {
         Command::Engine(args) => engine::run(args, &state),
         Command::Gateway(args) => gateway::run(args, &state),
         Command::Policy(args) => policy::run(args, &state),
+        Command::Login(args) => login::login(args),
+        Command::Whoami { bundle, output } => login::whoami(bundle, output.output),
+        Command::Env(args) => login::env(args),
         Command::BusyboxRootfs { dir } => {
             moat_engine::busybox::write_rootfs(&dir).map_err(anyhow::Error::from)
         }

@@ -6,6 +6,7 @@
 pub mod engine;
 pub mod gateway;
 pub mod rootfs;
+pub mod signer;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
