@@ -29,6 +29,27 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# dockerd 20.10 (Debian's docker.io): the interop test loads what a real
+# dockerd saves, and the benchmark runs against it. Installed without
+# starting its service: the test and the harness each start their own, on
+# their own socket, and stop it after.
+if ! command -v dockerd >/dev/null; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "moat needs Debian's docker.io (dockerd) (run as root, or install it)" >&2
+    exit 1
+  fi
+  echo "installing: docker.io (its service is not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d answering 101 tells the package scripts not to start it.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+fi
+
 # docker-py, the second real client the tests drive (from PyPI).
 if ! python3 -c 'import docker' 2>/dev/null; then
   echo "installing docker-py"
