@@ -71,6 +71,11 @@ enum Command {
         /// The directory to fill (created if missing)
         dir: std::path::PathBuf,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "Example:\n  moat completions bash > /etc/bash_completion.d/moat")]
+    Completions {
+        shell: clap_complete::Shell,
+    },
     /// (internal) the per-container shim the engine starts
     #[command(hide = true)]
     Shim {
@@ -113,6 +118,14 @@ fn main() -> ExitCode {
     let state = state::StateRoot::new(cli.state_root);
     let result = match cli.command {
         Command::Up(args) => up::run(args, &state),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "moat", &mut script);
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Ok(())
+        }
         Command::Certs(cmd) => certs::run(cmd, &state),
         Command::Audit(cmd) => audit::run(cmd, &state),
         Command::Engine(args) => engine::run(args, &state),
