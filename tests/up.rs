@@ -1,6 +1,6 @@
 //! `moat up`, the README's run command: from an empty state root to a
-//! `docker run` through the gateway, a clean stop on Ctrl-C, and a second
-//! run that reuses what the first made.
+//! `docker run` through the gateway and a teammate's `moat login`, a clean
+//! stop on Ctrl-C, and a second run that reuses what the first made.
 
 mod common;
 
@@ -94,7 +94,51 @@ fn up_runs_moat_and_docker_works_through_the_gateway() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
 
+    // A teammate enrolls on the next port with a one-time token.
+    let example = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("moat certs token "))
+        .unwrap_or_else(|| panic!("{printed}"));
+    assert!(example.contains(&format!(":{}", port + 1)), "{example}");
+    let url = format!("https://127.0.0.1:{}", port + 1);
+    let made: serde_json::Value = serde_json::from_str(&common::moat_ok(&[
+        "--state-root",
+        state.to_str().unwrap(),
+        "certs",
+        "token",
+        "bob",
+        "--group",
+        "developer",
+        "--enroll-url",
+        &url,
+        "--output",
+        "json",
+    ]))
+    .unwrap();
+    let bob = dir.path().join("bob");
+    let bob_text = bob.to_str().unwrap();
+    let login = common::moat(&[
+        "login",
+        &url,
+        "--token",
+        made["token"].as_str().unwrap(),
+        "--ca-pin",
+        made["ca_pin"].as_str().unwrap(),
+        "--out",
+        bob_text,
+        "--no-context",
+    ]);
+    assert!(login.status.success(), "{login:?}");
+    let whoami = common::moat_ok(&["whoami", "--bundle", bob_text, "--output", "json"]);
+    let whoami: serde_json::Value = serde_json::from_str(&whoami).unwrap();
+    assert_eq!(whoami["user"], "bob", "{whoami}");
+
     let stderr = interrupt_and_wait(child);
+    assert!(
+        !std::path::Path::new(&run_root).join("enroll.sock").exists(),
+        "the signer did not stop"
+    );
     assert!(stderr.contains("created the PKI"), "{stderr}");
     assert!(stderr.contains("imported busybox:test"), "{stderr}");
     assert!(!socket.exists(), "the engine did not stop");

@@ -1,9 +1,10 @@
 //! `moat up`: the one command that runs moat on a fresh machine. It sets up
 //! what is missing under the state root (PKI, default policy, an admin
-//! client bundle), starts the engine and the gateway as separate processes
-//! (the engine as root, the gateway dropping to its own unprivileged
-//! account), makes `busybox:test` available offline, prints how to point
-//! `docker` at it, and stops both on Ctrl-C. Run again, it reuses the state.
+//! client bundle), starts the engine, the enrollment signer and the gateway
+//! as separate processes (the engine and the signer as root, the gateway
+//! dropping to its own unprivileged account), makes `busybox:test`
+//! available offline, prints how to point `docker` at it and how teammates
+//! enroll, and stops all three on Ctrl-C. Run again, it reuses the state.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +24,8 @@ use crate::state::StateRoot;
 #[command(after_help = "Example:\n  sudo moat up\n  \
     docker --context moat run --rm busybox:test echo hello")]
 pub struct UpArgs {
-    /// Where the gateway accepts mutual-TLS connections
+    /// Where the gateway accepts mutual-TLS connections; enrollment
+    /// (`moat login` with a token) is served on the next port
     #[arg(long, default_value = "0.0.0.0:2376", value_name = "ADDR:PORT")]
     listen: SocketAddr,
     /// DNS names clients reach the gateway by, for its certificate on first run
@@ -36,7 +38,7 @@ pub struct UpArgs {
     /// The engine's socket
     #[arg(long, default_value = "/run/moat/engine.sock", value_name = "PATH")]
     socket: PathBuf,
-    /// The engine's runtime directory
+    /// The engine's runtime directory; the signer's socket is enroll.sock in it
     #[arg(long, default_value = "/run/moat", value_name = "DIR")]
     run_root: PathBuf,
     /// The admin whose client bundle is written to STATE/clients/NAME
@@ -107,10 +109,39 @@ pub fn run(args: UpArgs, state: &StateRoot) -> Result<()> {
         );
     }
 
+    let Some(enroll_port) = args.listen.port().checked_add(1) else {
+        bail!(
+            "--listen {}: the enrollment port is the next one, and there is none",
+            args.listen
+        );
+    };
+    let enroll_listen = SocketAddr::new(args.listen.ip(), enroll_port);
+    let signer_socket = args.run_root.join("enroll.sock");
+    let signer_log = logs.join("signer.log");
+    let signer_start = log_len(&signer_log);
+    children.signer = Some(spawn(
+        Command::new(&moat)
+            .arg("--state-root")
+            .arg(state.root())
+            .args(["certs", "signer", "--socket"])
+            .arg(&signer_socket),
+        &signer_log,
+    )?);
+    wait_until(
+        "the signer",
+        &signer_log,
+        Duration::from_secs(30),
+        &mut children,
+        || logged_since(&signer_log, signer_start, "listening on"),
+    )?;
+    eprintln!(
+        "moat up: enrollment signer on unix://{} (log {})",
+        signer_socket.display(),
+        signer_log.display()
+    );
+
     let gateway_log = logs.join("gateway.log");
-    let log_start = std::fs::metadata(&gateway_log)
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let log_start = log_len(&gateway_log);
     children.gateway = Some(spawn(
         Command::new(&moat)
             .arg("--state-root")
@@ -119,7 +150,11 @@ pub fn run(args: UpArgs, state: &StateRoot) -> Result<()> {
             .arg("--listen")
             .arg(args.listen.to_string())
             .arg("--engine")
-            .arg(format!("unix://{}", args.socket.display())),
+            .arg(format!("unix://{}", args.socket.display()))
+            .arg("--enroll-listen")
+            .arg(enroll_listen.to_string())
+            .arg("--signer")
+            .arg(format!("unix://{}", signer_socket.display())),
         &gateway_log,
     )?);
     wait_until(
@@ -127,22 +162,16 @@ pub fn run(args: UpArgs, state: &StateRoot) -> Result<()> {
         &gateway_log,
         Duration::from_secs(30),
         &mut children,
-        || {
-            std::fs::read(&gateway_log)
-                .map(|log| {
-                    String::from_utf8_lossy(&log[(log_start as usize).min(log.len())..])
-                        .contains("listening on")
-                })
-                .unwrap_or(false)
-        },
+        || logged_since(&gateway_log, log_start, "listening on"),
     )?;
     let connect = match args.listen.ip() {
         ip if ip.is_unspecified() => SocketAddr::new([127, 0, 0, 1].into(), args.listen.port()),
         _ => args.listen,
     };
     eprintln!(
-        "moat up: gateway on {} (log {})",
+        "moat up: gateway on {}, enrollment on {} (log {})",
         args.listen,
+        enroll_listen,
         gateway_log.display()
     );
     let context = !args.no_context && docker_context(&connect, &bundle);
@@ -160,8 +189,15 @@ pub fn run(args: UpArgs, state: &StateRoot) -> Result<()> {
         println!("  docker --context moat run --rm {IMAGE} echo hello");
     }
     println!();
-    println!("Issue certificates for others with `moat certs issue NAME --group developer`.");
-    println!("Ctrl-C stops the gateway and the engine; containers keep running.");
+    println!("Teammates enroll on port {enroll_port}: make each a one-time token with");
+    println!();
+    println!(
+        "  moat certs token NAME --group developer --enroll-url https://{}:{enroll_port}",
+        teammate_host(pki.config())
+    );
+    println!();
+    println!("and send them the `moat login ...` line it prints.");
+    println!("Ctrl-C stops the gateway, the signer and the engine; containers keep running.");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -243,6 +279,39 @@ fn ensure_admin_bundle(pki: &Pki, admin: &str, dir: &Path) -> Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// The name a teammate on another machine reaches this one by: the first
+/// of the gateway certificate's names that is not loopback.
+fn teammate_host(config: &PkiConfig) -> String {
+    let ips = || config.server_ips.iter();
+    config
+        .server_hosts
+        .iter()
+        .find(|h| *h != "localhost")
+        .cloned()
+        .or_else(|| ips().find(|ip| !ip.is_loopback()).map(bracketed))
+        .or_else(|| config.server_hosts.first().cloned())
+        .or_else(|| ips().next().map(bracketed))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn bracketed(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    }
+}
+
+fn log_len(log: &Path) -> u64 {
+    std::fs::metadata(log).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Whether `log` says `what` after its first `start` bytes.
+fn logged_since(log: &Path, start: u64, what: &str) -> bool {
+    std::fs::read(log)
+        .map(|log| String::from_utf8_lossy(&log[(start as usize).min(log.len())..]).contains(what))
+        .unwrap_or(false)
 }
 
 fn spawn(command: &mut Command, log: &Path) -> Result<Child> {
@@ -391,6 +460,7 @@ fn docker_context(connect: &SocketAddr, bundle: &Path) -> bool {
 #[derive(Default)]
 struct Children {
     engine: Option<Child>,
+    signer: Option<Child>,
     gateway: Option<Child>,
 }
 
@@ -398,6 +468,7 @@ impl Children {
     fn exited(&mut self) -> Option<&'static str> {
         for (name, child) in [
             ("the engine", &mut self.engine),
+            ("the signer", &mut self.signer),
             ("the gateway", &mut self.gateway),
         ] {
             if let Some(child) = child
@@ -418,9 +489,10 @@ impl Children {
         }
     }
 
-    /// SIGTERM to the gateway, then the engine; SIGKILL after 10 s.
+    /// SIGTERM to the gateway, then the signer, then the engine; SIGKILL
+    /// after 10 s.
     fn stop(&mut self) {
-        for child in [self.gateway.take(), self.engine.take()]
+        for child in [self.gateway.take(), self.signer.take(), self.engine.take()]
             .into_iter()
             .flatten()
         {
