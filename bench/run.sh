@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 missing=()
-for p in runc crun dockerd podman; do
+for p in runc crun dockerd podman nginx; do
   command -v "$p" >/dev/null || missing+=("$p")
 done
 if ((${#missing[@]})); then

@@ -15,10 +15,25 @@
 //! - `audit`: durably audited appends per second with 1, 16, 64 and 256
 //!   concurrent clients (group commit), against one fsync per record; the
 //!   log is verified and its records counted afterwards.
+//! - `proxy`: the latency `moat gateway` adds to `GET /_ping` and `GET
+//!   /containers/json` on one kept-alive mutual-TLS connection, against
+//!   the engine's socket directly and nginx terminating the same mTLS.
+//! - `handshake`: full (and resumed) mTLS handshakes per second and per
+//!   core of the server, the gateway against nginx.
+//! - `policy`: `moat_policy::Enforcer` decisions per second per core and
+//!   their latency, 1000 users in 10 roles, cached and first-time.
+//! - `gateway-audit`: durably audited calls per second through the real
+//!   gateway with 8, 32 and 64 connections, every audit record counted.
 
 mod audit;
 mod cli_run;
+mod gateway_audit;
+mod handshake;
 mod lifecycle;
+mod mtls;
+mod policy;
+mod proxy;
+mod stack;
 mod stats;
 
 use std::path::PathBuf;
@@ -51,7 +66,7 @@ fn main() {
             "--work" => options.work = it.next().map(PathBuf::from).expect("--work DIR"),
             "-h" | "--help" => {
                 println!(
-                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli] [audit]"
+                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli] [audit] [proxy] [handshake] [policy] [gateway-audit]"
                 );
                 return;
             }
@@ -62,6 +77,7 @@ fn main() {
         scenarios.push("lifecycle".into());
         scenarios.push("cli".into());
         scenarios.push("audit".into());
+        scenarios.extend(["proxy", "handshake", "policy", "gateway-audit"].map(String::from));
     }
     // The audit scenario runs in this process; the others start `moat`.
     if scenarios.iter().any(|s| s != "audit") {
@@ -75,11 +91,16 @@ fn main() {
     }
 
     let mut rows = Vec::new();
+    let mut figures = Vec::new();
     for scenario in &scenarios {
         match scenario.as_str() {
             "lifecycle" => rows.extend(lifecycle::run(&options)),
             "cli" => rows.extend(cli_run::run(&options)),
             "audit" => rows.extend(audit::run(&options)),
+            "proxy" => rows.extend(proxy::run(&options, &mut figures)),
+            "handshake" => rows.extend(handshake::run(&options, &mut figures)),
+            "policy" => figures.extend(policy::run(&options)),
+            "gateway-audit" => rows.extend(gateway_audit::run(&options, &mut figures)),
             other => {
                 eprintln!("unknown scenario {other:?}");
                 std::process::exit(2);
@@ -87,9 +108,15 @@ fn main() {
         }
     }
     println!();
-    println!("{}", stats::table(&rows));
+    if !rows.is_empty() {
+        println!("{}", stats::table(&rows));
+    }
+    if !figures.is_empty() {
+        println!();
+        println!("{}", stats::figure_table(&figures));
+    }
     if let Some(path) = json_out {
-        let json = serde_json::to_string_pretty(&stats::json(&rows)).expect("serializes");
+        let json = serde_json::to_string_pretty(&stats::json(&rows, &figures)).expect("serializes");
         std::fs::write(&path, json + "\n").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         println!("JSON written to {}", path.display());
     }

@@ -1,4 +1,6 @@
-//! Medians, percentiles, per-pair ratios, and the report table.
+//! Medians, percentiles, per-pair ratios, and the report tables: rows
+//! (moat against a peer, measured pairwise) and figures (one measured
+//! quantity, with the target it is held to).
 
 use std::time::Duration;
 
@@ -39,18 +41,138 @@ pub fn pair_ratio(row: &Row) -> f64 {
     ratios[ratios.len() / 2]
 }
 
+/// Milliseconds, or microseconds below one millisecond.
 fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    if d < Duration::from_millis(1) {
+        format!("{:.1} µs", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    }
+}
+
+/// One measured quantity of a scenario: a rate, a latency, a count.
+pub struct Figure {
+    pub scenario: String,
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+    /// What the issue asks for (`≥ 3000 /s/core`) and whether this run met it.
+    pub target: Option<(String, bool)>,
+    /// How many runs (or calls) the value summarizes.
+    pub runs: usize,
+}
+
+impl Figure {
+    pub fn new(scenario: &str, name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
+        Figure {
+            scenario: scenario.into(),
+            name: name.into(),
+            value,
+            unit,
+            target: None,
+            runs: 1,
+        }
+    }
+
+    pub fn runs(mut self, runs: usize) -> Figure {
+        self.runs = runs;
+        self
+    }
+
+    /// Held to `value ≥ floor`.
+    pub fn at_least(mut self, floor: f64, label: &str) -> Figure {
+        self.target = Some((format!("≥ {label}"), self.value >= floor));
+        self
+    }
+
+    /// Held to `value ≤ ceiling`.
+    pub fn at_most(mut self, ceiling: f64, label: &str) -> Figure {
+        self.target = Some((format!("≤ {label}"), self.value <= ceiling));
+        self
+    }
+
+    /// Adds a second bound: the figure meets its target only if it meets
+    /// both.
+    pub fn and_at_most(mut self, ceiling: f64, label: &str) -> Figure {
+        let (text, met) = self.target.take().unwrap_or_default();
+        let joined = if text.is_empty() {
+            String::new()
+        } else {
+            format!("{text}, ")
+        };
+        let met = (met || joined.is_empty()) && self.value <= ceiling;
+        self.target = Some((format!("{joined}≤ {label}"), met));
+        self
+    }
+
+    /// Adds a second floor, as [`Figure::and_at_most`] adds a ceiling.
+    pub fn and_at_least(mut self, floor: f64, label: &str) -> Figure {
+        let (text, met) = self.target.take().unwrap_or_default();
+        let joined = if text.is_empty() {
+            String::new()
+        } else {
+            format!("{text}, ")
+        };
+        let met = (met || joined.is_empty()) && self.value >= floor;
+        self.target = Some((format!("{joined}≥ {label}"), met));
+        self
+    }
+}
+
+/// A value with a sensible number of digits for its size.
+pub fn amount(value: f64) -> String {
+    if value.abs() >= 1000.0 {
+        let whole = format!("{:.0}", value.abs());
+        let mut grouped = String::new();
+        for (i, c) in whole.chars().enumerate() {
+            if i > 0 && (whole.len() - i) % 3 == 0 {
+                grouped.push(',');
+            }
+            grouped.push(c);
+        }
+        if value < 0.0 {
+            format!("-{grouped}")
+        } else {
+            grouped
+        }
+    } else if value.abs() >= 10.0 || value == 0.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+pub fn figure_table(figures: &[Figure]) -> String {
+    let mut out = format!(
+        "{:<14} {:<46} {:>16} {:<26} {:>5}\n",
+        "scenario", "figure", "value", "target", "runs"
+    );
+    for f in figures {
+        let target = match &f.target {
+            Some((text, met)) => format!("{text} {}", if *met { "met" } else { "NOT met" }),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<14} {:<46} {:>16} {:<26} {:>5}\n",
+            f.scenario,
+            f.name,
+            format!("{} {}", amount(f.value), f.unit),
+            target,
+            f.runs,
+        ));
+    }
+    out.pop();
+    out
 }
 
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<12} {:<28} {:>11} {:>11} {:>11} {:>11} {:>8} {:>5}\n",
+        "{:<22} {:<30} {:>11} {:>11} {:>11} {:>11} {:>8} {:>5}\n",
         "scenario", "peer", "moat p50", "moat p99", "peer p50", "peer p99", "ratio", "runs"
     );
     for row in rows {
         out.push_str(&format!(
-            "{:<12} {:<28} {:>11} {:>11} {:>11} {:>11} {:>7.2}x {:>5}\n",
+            "{:<22} {:<30} {:>11} {:>11} {:>11} {:>11} {:>7.2}x {:>5}\n",
             row.scenario,
             row.peer,
             ms(median(&row.moat)),
@@ -67,7 +189,8 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-pub fn json(rows: &[Row]) -> serde_json::Value {
+/// Rows, then figures (told apart by their `figure` field).
+pub fn json(rows: &[Row], figures: &[Figure]) -> serde_json::Value {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     serde_json::Value::Array(
         rows.iter()
@@ -83,6 +206,17 @@ pub fn json(rows: &[Row]) -> serde_json::Value {
                     "ratio": pair_ratio(r),
                 })
             })
+            .chain(figures.iter().map(|f| {
+                serde_json::json!({
+                    "scenario": f.scenario,
+                    "figure": f.name,
+                    "value": f.value,
+                    "unit": f.unit,
+                    "target": f.target.as_ref().map(|(text, _)| text),
+                    "met": f.target.as_ref().map(|(_, met)| met),
+                    "runs": f.runs,
+                })
+            }))
             .collect(),
     )
 }
@@ -103,5 +237,19 @@ mod tests {
         assert_eq!(pair_ratio(&row), 1.0);
         assert_eq!(median(&row.moat), d(20));
         assert_eq!(percentile(&row.moat, 99.0), d(30));
+    }
+
+    #[test]
+    fn targets_join_and_amounts_group() {
+        let f = Figure::new("p", "added p50", 120.0, "µs")
+            .at_most(100.0, "100 µs")
+            .and_at_most(200.0, "nginx");
+        assert_eq!(f.target, Some(("≤ 100 µs, ≤ nginx".into(), false)));
+        let f = Figure::new("h", "rate", 3500.0, "/s").at_least(3000.0, "3000");
+        assert_eq!(f.target, Some(("≥ 3000".into(), true)));
+        assert_eq!(amount(1234567.0), "1,234,567");
+        assert_eq!(amount(-1500.0), "-1,500");
+        assert_eq!(amount(42.25), "42.2");
+        assert_eq!(amount(2.5), "2.50");
     }
 }
