@@ -105,6 +105,11 @@ impl Answer {
                 .ok()
                 .and_then(|v| v["message"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| String::from_utf8_lossy(&self.body).trim().to_owned());
+            // The gateway words its refusals "moat: enrollment refused: ...".
+            let message = message.strip_prefix("moat: ").unwrap_or(&message);
+            let message = message
+                .strip_prefix(&format!("{what} refused: "))
+                .unwrap_or(message);
             bail!("{what} refused ({}): {message}", self.status);
         }
         serde_json::from_slice(&self.body)

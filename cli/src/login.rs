@@ -189,7 +189,7 @@ fn renew(args: &LoginArgs, dir: &Path) -> Result<()> {
             "{} is logged in until {} ({} left); nothing to renew yet (--force renews now).",
             cert.common_name,
             rfc3339(cert.not_after),
-            moat_certs::ttl::format(time::Duration::minutes(left.whole_minutes()))
+            hours_minutes(left)
         );
         return Ok(());
     }
@@ -299,7 +299,14 @@ fn save(
 
 pub fn whoami(args: BundleArgs, output: Output) -> Result<()> {
     let dir = bundle_dir(args.bundle)?;
-    let saved = load(&dir)?;
+    let saved = load_for_use(&dir)?;
+    if OffsetDateTime::now_utc() >= saved.summary.not_after {
+        bail!(
+            "your certificate expired at {}; ask your admin for a new token (moat certs token {})",
+            rfc3339(saved.summary.not_after),
+            saved.summary.common_name
+        );
+    }
     let endpoint = gateway(&saved.login)?;
     let answer = https::request(
         &endpoint,
@@ -343,10 +350,7 @@ pub fn whoami(args: BundleArgs, output: Output) -> Result<()> {
         "certificate: valid until {} ({})",
         rfc3339(saved.summary.not_after),
         if left.is_positive() {
-            format!(
-                "{} left",
-                moat_certs::ttl::format(time::Duration::minutes(left.whole_minutes().max(1)))
-            )
+            format!("{} left", hours_minutes(left))
         } else {
             "expired".to_owned()
         }
@@ -357,7 +361,7 @@ pub fn whoami(args: BundleArgs, output: Output) -> Result<()> {
 
 pub fn env(args: BundleArgs) -> Result<()> {
     let dir = bundle_dir(args.bundle)?;
-    let saved = load(&dir)?;
+    let saved = load_for_use(&dir)?;
     println!(
         "export DOCKER_HOST={} DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={}",
         shell_quote(&saved.login.docker_host),
@@ -403,6 +407,25 @@ fn load(dir: &Path) -> Result<Saved> {
     })
 }
 
+fn load_for_use(dir: &Path) -> Result<Saved> {
+    load(dir).with_context(|| {
+        format!(
+            "no saved login in {} (run `moat login` with the line your admin sent)",
+            dir.display()
+        )
+    })
+}
+
+/// `11h59m`, `42m`: how long is left, to the minute.
+fn hours_minutes(d: time::Duration) -> String {
+    let minutes = d.whole_minutes().max(0);
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m}m"),
+        (h, 0) => format!("{h}h"),
+        (h, m) => format!("{h}h{m}m"),
+    }
+}
+
 fn gateway(login: &LoginFile) -> Result<Endpoint> {
     Endpoint::parse(&login.docker_host, &["tcp"], DEFAULT_GATEWAY_PORT)
         .context("the gateway's address (docker_host)")
@@ -415,7 +438,13 @@ fn fetch_pinned_ca(endpoint: &Endpoint, pin: &str) -> Result<String> {
     struct CaAnswer {
         ca: String,
     }
-    let answer = https::request(endpoint, https::any_server()?, "GET", "/moat/v1/ca", None)?
+    let answer = https::request(endpoint, https::any_server()?, "GET", "/moat/v1/ca", None)
+        .with_context(|| {
+            format!(
+                "is https://{} the gateway's enrollment port (2377 unless your admin says otherwise)?",
+                endpoint.authority()
+            )
+        })?
         .json::<CaAnswer>("fetching the CA")?;
     if !pin_matches(&answer.ca, pin)? {
         bail!(
@@ -573,6 +602,13 @@ mod tests {
         let err = write_bundle(&dir, &[("cert.pem", b"three", 0o644)]).unwrap_err();
         assert!(err.to_string().contains("notes.txt"), "{err}");
         assert_eq!(std::fs::read(dir.join("cert.pem")).unwrap(), b"two");
+    }
+
+    #[test]
+    fn time_left() {
+        assert_eq!(hours_minutes(time::Duration::minutes(719)), "11h59m");
+        assert_eq!(hours_minutes(time::Duration::hours(12)), "12h");
+        assert_eq!(hours_minutes(time::Duration::seconds(59)), "0m");
     }
 
     #[test]
