@@ -42,6 +42,12 @@ impl Explanation {
     /// container.privileged  *       deny      default deny
     /// ```
     pub fn table(&self) -> String {
+        format!("{}\n\n{}", self.headline(), self.decision_table())
+    }
+
+    /// Who asked and the verdict, the table's first line:
+    /// `alice (groups: developer; roles: developer): DENIED`.
+    pub fn headline(&self) -> String {
         let list = |items: &[String]| {
             if items.is_empty() {
                 "none".to_owned()
@@ -50,12 +56,11 @@ impl Explanation {
             }
         };
         format!(
-            "{} (groups: {}; roles: {}): {}\n\n{}",
+            "{} (groups: {}; roles: {}): {}",
             self.user,
             list(&self.groups),
             list(&self.roles),
             if self.allowed { "ALLOWED" } else { "DENIED" },
-            self.decision_table()
         )
     }
 
