@@ -529,11 +529,41 @@ fn remote_mode_against_a_real_gateway() {
         ],
     );
 
+    // An open attached session, cut by the lock.
+    let mut session = open_session(&gw, &hank);
     remote(0, &["lock", "hank"]);
+    wait_closed(&gw, &mut session);
     let err = gw.docker_err(&hank, &["ps"]);
     assert!(err.contains("p, user:hank, *, *, deny"), "{err}");
     remote(0, &["unlock", "hank"]);
     gw.docker_ok(&hank, &["ps"]);
+
+    // The same through the local directory: the gateway re-reads it (the
+    // files root writes stay readable to the gateway's own account).
+    let state = gw.state().display().to_string();
+    let local = |args: &[&str]| {
+        let mut full = vec!["--state-root", &state, "policy"];
+        full.extend_from_slice(args);
+        let out = moat(&full);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut session = open_session(&gw, &hank);
+    local(&["lock", "hank"]);
+    wait_closed(&gw, &mut session);
+    local(&["unlock", "hank"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.docker(&hank, &["ps"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "the unlock was not picked up:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A refused change leaves the gateway's policy as it was.
     let before = remote(0, &["export"]);
@@ -544,7 +574,6 @@ fn remote_mode_against_a_real_gateway() {
 
     // Dry run, on the gateway's host: hank may list containers, the
     // candidate would not let him.
-    let state = gw.state().display().to_string();
     let candidate = gw.engine.path("candidate.csv");
     std::fs::write(
         &candidate,
@@ -638,4 +667,75 @@ fn the_docs_command_line_example_is_real() {
         doc.contains(last),
         "docs/policy.md should end the example with:\n{last}"
     );
+}
+
+/// A policy.csv broken by hand: changes are refused with the reason,
+/// and an import (validated) replaces it.
+#[test]
+fn a_policy_broken_by_hand_is_replaced_by_an_import() {
+    let s = State::new();
+    s.policy(0, &["bind", "ivan", "viewer"]);
+    let good = s.csv();
+    std::fs::write(
+        s.policy_dir().join("policy.csv"),
+        "p, viewer, system.ping, *, alow\n",
+    )
+    .unwrap();
+    let err = s.policy_err(1, &["bind", "ivan", "operator"]);
+    assert!(err.contains("neither allow nor deny"), "{err}");
+    let file = s.file("good.csv", &good);
+    let out = s.run(&["policy", "import", &file]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("replacing a policy that does not load"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.csv(), good);
+}
+
+/// `docker run -i busybox:test sh` through the gateway as `certs`, held
+/// open on its stdin; returns once the gateway has started the container.
+fn open_session(gw: &GatewayProcess, certs: &Path) -> std::process::Child {
+    let starts = || {
+        gw.audit_records()
+            .iter()
+            .filter(|r| r["action"] == "container.start")
+            .count()
+    };
+    let before = starts();
+    let mut session = gw
+        .docker_cmd(certs)
+        .args(["run", "-i", "--rm", "busybox:test", "sh"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while starts() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the session did not start:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(session.try_wait().unwrap().is_none(), "the session is open");
+    session
+}
+
+/// Waits until the gateway has closed the session's connection.
+fn wait_closed(gw: &GatewayProcess, session: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while session.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the locked session stayed open:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(session.stdin.take());
 }

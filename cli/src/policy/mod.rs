@@ -560,18 +560,22 @@ fn lock(store: &Store, user: &str, reason: Option<&str>) -> Result<()> {
         Some(reason) => format!("{now}: {}", reason.replace(['\n', '\r'], " ")),
         None => now,
     };
-    let changed = store.change(|policy| {
+    let mut already = false;
+    store.change(|policy| {
         let mut draft = policy.draft();
         match draft.lock(user, &note) {
             Ok(true) => Ok(Some(draft)),
             Ok(false) => {
-                println!("{user} is locked already");
+                already = true;
                 Ok(None)
             }
             Err(reason) => bail!("{reason}"),
         }
-    });
-    changed?;
+    })?;
+    if already {
+        println!("{user} is locked already ({rule})");
+        return Ok(());
+    }
     println!(
         "{user} is locked: every call is denied ({rule}). {}",
         match store {
@@ -732,7 +736,7 @@ fn check(
 ) -> Result<bool> {
     let raw = request
         .first()
-        .is_some_and(|m| ["GET", "HEAD", "POST", "PUT", "DELETE"].contains(&m.as_str()));
+        .is_some_and(|m| RAW_METHODS.contains(&m.as_str()));
     if raw {
         let [method, target, rest @ ..] = request else {
             bail!("a raw request is METHOD PATH [BODY]");
@@ -743,7 +747,7 @@ fn check(
             _ => bail!("a raw request is METHOD PATH [BODY]; quote the body"),
         };
         let request = docker::ApiRequest {
-            method: leak_method(method),
+            method: static_method(method),
             target: target.clone(),
             body,
             created: false,
@@ -807,16 +811,14 @@ fn check(
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(allowed);
     }
-    let header = Explanation {
+    let verdict = Explanation {
         user: who.user.clone(),
         groups: who.groups.clone(),
         roles,
         allowed,
         decisions: Vec::new(),
     };
-    // The header line of the table, without the empty table under it.
-    print!("{}", header.table().lines().next().unwrap_or_default());
-    println!();
+    println!("{}", verdict.headline());
     for (request, outcome) in requests.iter().zip(&outcomes) {
         println!();
         println!("{} {}", request.method, request.target);
@@ -839,16 +841,18 @@ fn check(
     Ok(allowed)
 }
 
-/// The method as the static string the request type holds.
-fn leak_method(method: &str) -> &'static str {
-    match method {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        _ => "POST",
-    }
+/// One of the methods `check` takes (see `RAW_METHODS`), as the static
+/// string the request type holds.
+fn static_method(method: &str) -> &'static str {
+    RAW_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("POST")
 }
+
+/// What makes `check USER METHOD PATH` a raw request.
+const RAW_METHODS: [&str; 5] = ["GET", "HEAD", "POST", "PUT", "DELETE"];
 
 /// BODY as given: JSON, `@FILE`, or `-` for standard input.
 fn read_body(body: &str) -> Result<serde_json::Value> {
@@ -962,14 +966,13 @@ fn export(policy: &Policy, out: Option<&Path>, format: Format) -> Result<()> {
 }
 
 fn import(store: &Store, path: &Path) -> Result<()> {
-    let running = store.load()?;
-    let candidate = read_candidate(path, Some(running.model())).with_context(|| {
+    let candidate = read_candidate(path, Some(&store.model()?)).with_context(|| {
         format!(
             "{} was refused and the policy in force stays",
             path.display()
         )
     })?;
-    store.change(|_| Ok(Some(candidate.draft())))
+    store.replace(candidate)
 }
 
 /// A policy given on the command line: a directory (model.conf and

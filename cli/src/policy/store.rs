@@ -74,34 +74,79 @@ impl Store {
         }
     }
 
-    /// Reads the policy in force, lets `change` draft a new one (`None`:
-    /// nothing to do), validates the draft whole and only then writes it:
-    /// atomically into the local directory (under a lock, so two admins do
-    /// not overwrite each other's change), or with `PUT /moat/v1/policy`.
-    /// Prints the rules that changed.
-    pub fn change(&self, change: impl FnOnce(&Policy) -> Result<Option<Draft>>) -> Result<()> {
+    /// The `model.conf` text in force: what a bare `policy.csv` is paired
+    /// with. A local model file is read as it is, even if the policy
+    /// beside it does not load.
+    pub fn model(&self) -> Result<String> {
         match self {
             Store::Local { dir } => {
-                let old = Policy::init_dir(dir)
-                    .with_context(|| format!("the policy in {}", dir.display()))?;
+                match std::fs::read_to_string(dir.join(moat_policy::policy::MODEL_FILE)) {
+                    Ok(model) => Ok(model),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Ok(moat_policy::policy::DEFAULT_MODEL.to_owned())
+                    }
+                    Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+                }
+            }
+            Store::Remote(_) => Ok(self.load()?.model().to_owned()),
+        }
+    }
+
+    /// Reads the policy in force, lets `change` draft a new one (`None`:
+    /// nothing to do), validates the draft whole and only then writes it.
+    /// A policy in force that does not load is an error here: fix it with
+    /// [`replace`](Store::replace).
+    pub fn change(&self, change: impl FnOnce(&Policy) -> Result<Option<Draft>>) -> Result<()> {
+        self.write(|old| {
+            let old = old.map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let Some(draft) = change(old)? else {
+                return Ok(None);
+            };
+            let new = draft
+                .finish()
+                .context("the change was refused and nothing was written")?;
+            Ok(Some(new))
+        })
+    }
+
+    /// Puts `new` (already validated) in force, even over a local policy
+    /// that does not load.
+    pub fn replace(&self, new: Policy) -> Result<()> {
+        self.write(|old| {
+            if let Err(e) = old {
+                eprintln!("moat: replacing a policy that does not load ({e:#})");
+            }
+            Ok(Some(new))
+        })
+    }
+
+    /// The one place policies are written: into the local directory
+    /// (atomically, under a lock so two admins' changes do not overwrite
+    /// each other), or with `PUT /moat/v1/policy`. `decide` sees the
+    /// policy in force (or why it does not load) and returns the new one.
+    /// Prints the rules that changed.
+    fn write(
+        &self,
+        decide: impl FnOnce(Result<&Policy, &anyhow::Error>) -> Result<Option<Policy>>,
+    ) -> Result<()> {
+        let (old, new) = match self {
+            Store::Local { dir } => {
+                // As a gateway's first start would: a missing or empty
+                // directory gets the default. A broken one is reported below.
+                let _ = Policy::init_dir(dir);
                 let _lock = lock_dir(dir)?;
-                // Read again under the lock: another change may have landed.
-                let old = Policy::load_dir(dir).unwrap_or(old);
-                let Some(new) = finish(&old, change)? else {
+                let old = Policy::load_dir(dir)
+                    .with_context(|| format!("the policy in {}", dir.display()));
+                let Some(new) = unchanged(old.as_ref().ok(), decide(old.as_ref())?) else {
                     return Ok(());
                 };
                 new.write_dir(dir)
                     .with_context(|| format!("writing the policy to {}", dir.display()))?;
-                super::print_diff(&moat_policy::edit::diff(&old, &new));
-                println!(
-                    "wrote {} (a running gateway reloads it within seconds)",
-                    dir.join(moat_policy::policy::POLICY_FILE).display()
-                );
-                Ok(())
+                (old.ok(), new)
             }
             Store::Remote(gateway) => {
                 let old = self.load()?;
-                let Some(new) = finish(&old, change)? else {
+                let Some(new) = unchanged(Some(&old), decide(Ok(&old))?) else {
                     return Ok(());
                 };
                 let mut body = json!({ "policy": new.text() });
@@ -111,11 +156,26 @@ impl Store {
                 gateway
                     .call("PUT", "/moat/v1/policy", Some(&body))
                     .context("the gateway refused the change; its policy stays")?;
-                super::print_diff(&moat_policy::edit::diff(&old, &new));
-                println!("{} runs the new policy", gateway.url());
-                Ok(())
+                // The reload swaps the policy in the way that also closes the
+                // sessions of callers it now denies everything, as a local
+                // change does; the PUT alone does not (yet).
+                gateway
+                    .call("POST", "/moat/v1/reload", None)
+                    .context("the new policy is written; reloading it")?;
+                (Some(old), new)
             }
+        };
+        if let Some(old) = &old {
+            super::print_diff(&moat_policy::edit::diff(old, &new));
         }
+        match self {
+            Store::Local { dir } => println!(
+                "wrote {} (a running gateway reloads it within seconds)",
+                dir.join(moat_policy::policy::POLICY_FILE).display()
+            ),
+            Store::Remote(gateway) => println!("{} runs the new policy", gateway.url()),
+        }
+        Ok(())
     }
 
     /// What decides `check`: the local policy, or the gateway's own check.
@@ -189,21 +249,14 @@ impl Checker<'_> {
     }
 }
 
-fn finish(
-    old: &Policy,
-    change: impl FnOnce(&Policy) -> Result<Option<Draft>>,
-) -> Result<Option<Policy>> {
-    let Some(draft) = change(old)? else {
-        return Ok(None);
-    };
-    let new = draft
-        .finish()
-        .context("the change was refused and nothing was written")?;
-    if new == *old {
+/// `new`, unless it is what is in force already (then says so).
+fn unchanged(old: Option<&Policy>, new: Option<Policy>) -> Option<Policy> {
+    let new = new?;
+    if old == Some(&new) {
         println!("nothing to change");
-        return Ok(None);
+        return None;
     }
-    Ok(Some(new))
+    Some(new)
 }
 
 /// An exclusive lock on the directory itself, held until dropped; the
