@@ -378,6 +378,25 @@ fn a_teammate_logs_in_with_a_token_and_docker_works_through_the_gateway() {
     assert!(!out.status.success());
     assert!(text(&out).contains("not the pin"), "{}", text(&out));
     assert_eq!(serial_of(&bundle), first_serial, "the bundle is untouched");
+    // The token is still good: with the CA file instead of a pin, carol
+    // enrolls (into her own directory, without a context).
+    let carol = gw.engine.path("carol-moat");
+    let out = teammate(
+        &docker_config,
+        &[
+            "login",
+            &url,
+            "--token",
+            fresh_secret,
+            "--ca",
+            state.join("pki/ca.pem").to_str().unwrap(),
+            "--out",
+            carol.to_str().unwrap(),
+            "--no-context",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Logged in as carol"), "{}", text(&out));
 
     // An expired token.
     let short = token(&state, "dave", "developer", &["--ttl", "1s"]);

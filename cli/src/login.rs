@@ -232,8 +232,8 @@ fn save(
     let summary = CertSummary::from_der(der.contents())
         .map_err(anyhow::Error::msg)
         .context("the certificate the gateway sent")?;
-    // Mutual TLS with it must at least be configurable: key and
-    // certificate belong together, and it chains to the CA.
+    // rustls compares the certificate's public key with the key made
+    // here: a gateway that sent someone else's certificate is caught now.
     https::with_bundle(&answer.ca, &answer.cert, key)
         .context("the certificate the gateway sent does not fit the key made for it")?;
     let mut login_json = serde_json::to_vec_pretty(login)?;
