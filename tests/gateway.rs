@@ -737,6 +737,16 @@ fn the_admin_api_explains_and_replaces_the_policy_for_admins_only() {
         .filter(|r| r["action"] == "moat.policy.put")
         .collect();
     assert_eq!(puts.len(), 2, "each policy change is audited");
+
+    // A change made from a stale read is refused, not silently lost.
+    let stale = serde_json::json!({ "policy": text, "version": current["version"] });
+    let (status, answer) = call(&gw, &root, "PUT", "/moat/v1/policy", &stale.to_string());
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        std::fs::read_to_string(gw.state().join("policy/policy.csv"))
+            .unwrap()
+            .contains("/srv/shared/*")
+    );
 }
 
 fn base64url(bytes: &[u8]) -> String {
@@ -1119,4 +1129,74 @@ fn limits_answer_overload_and_the_gateway_keeps_serving() {
         200
     );
     assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(gw.pid() as i32), None).is_ok());
+}
+
+/// The SHA-256 of the certificate the gateway presents, as openssl sees it.
+fn served_fingerprint(gw: &GatewayProcess, bundle: &Path) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {} -cert {b}/cert.pem -key {b}/key.pem -CAfile {b}/ca.pem </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256",
+            gw.address,
+            b = bundle.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn file_fingerprint(path: &Path) -> String {
+    let (ok, text) = common::run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{text}");
+    text.trim().to_owned()
+}
+
+#[test]
+fn a_renewed_server_certificate_is_served_without_a_restart() {
+    let mut signer = common::signer::SignerProcess::prepare();
+    let gw = GatewayProcess::start_with(&[
+        "--enroll-listen",
+        "127.0.0.1:0",
+        "--signer",
+        &signer.address(),
+    ]);
+    signer.start(&gw.state());
+    let alice = gw.issue("alice", &["developer"]);
+    let server_cert = gw.state().join("pki/server-cert.pem");
+    let before = file_fingerprint(&server_cert);
+    assert_eq!(served_fingerprint(&gw, &alice), before);
+
+    // The gateway cannot read the new key itself (it dropped root): the
+    // signer hands it over, and only for the certificate on disk.
+    gw.moat(&[
+        "certs",
+        "renew-server",
+        "--ip",
+        "127.0.0.1",
+        "--host",
+        "moat.test",
+    ]);
+    let after = file_fingerprint(&server_cert);
+    assert_ne!(before, after);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_fingerprint(&gw, &alice) != after {
+        assert!(
+            Instant::now() < deadline,
+            "still serving the old certificate:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    gw.docker_ok(&alice, &["version"]);
 }

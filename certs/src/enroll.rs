@@ -41,6 +41,10 @@ pub enum SignerRequest {
         groups: Vec<String>,
         csr: String,
     },
+    /// The gateway's current server certificate and key, for a gateway
+    /// that dropped root and sees `server-cert.pem` renewed on disk.
+    #[serde(rename = "server-key")]
+    ServerKey {},
 }
 
 impl SignerRequest {
@@ -48,6 +52,7 @@ impl SignerRequest {
         match self {
             SignerRequest::Enroll { .. } => "enroll",
             SignerRequest::Renew { .. } => "renew",
+            SignerRequest::ServerKey {} => "server-key",
         }
     }
 }
@@ -77,6 +82,13 @@ impl From<Issued> for Signed {
     }
 }
 
+/// The answer to [`SignerRequest::ServerKey`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerKey {
+    pub server_cert: String,
+    pub server_key: String,
+}
+
 /// The signer's answer line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -89,6 +101,9 @@ pub enum SignerAnswer {
 pub fn sign(pki: &Pki, request: &SignerRequest) -> Result<Issued, PkiError> {
     match request {
         SignerRequest::Enroll { token, csr } => pki.redeem_token(token, csr),
+        SignerRequest::ServerKey {} => Err(PkiError::InvalidCsr(
+            "server-key is answered by the signer itself, not signed".into(),
+        )),
         SignerRequest::Renew {
             serial,
             user,

@@ -73,9 +73,7 @@ enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "Example:\n  moat completions bash > /etc/bash_completion.d/moat")]
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// (internal) the per-container shim the engine starts
     #[command(hide = true)]
     Shim {

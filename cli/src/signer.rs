@@ -167,9 +167,38 @@ async fn serve(pki: Arc<Pki>, stream: UnixStream) {
         }
     };
     let op = request.op();
+    if let SignerRequest::ServerKey {} = request {
+        // Only the gateway's group can reach this socket; it already holds
+        // the server key it started with, and asks again after a renewal.
+        let material = tokio::task::spawn_blocking(move || pki.server_material()).await;
+        let line = match material {
+            Ok(Ok(material)) => {
+                log(op, &peer, "answered", "");
+                serde_json::to_vec(&enroll::ServerKey {
+                    server_cert: material.cert_pem,
+                    server_key: material.key_pem,
+                })
+            }
+            Ok(Err(e)) => {
+                log(op, &peer, "refused", &format!("error={:?}", e.to_string()));
+                serde_json::to_vec(&refused(&e.to_string()))
+            }
+            Err(e) => {
+                log(op, &peer, "failed", &format!("error={:?}", e.to_string()));
+                serde_json::to_vec(&refused("the signer failed; see its log"))
+            }
+        };
+        let mut write = write;
+        if let Ok(mut line) = line {
+            line.push(b'\n');
+            let _ = write.write_all(&line).await;
+            let _ = write.shutdown().await;
+        }
+        return;
+    }
     let outcome = tokio::task::spawn_blocking(move || {
         let fields = match &request {
-            SignerRequest::Enroll { .. } => String::new(),
+            SignerRequest::Enroll { .. } | SignerRequest::ServerKey {} => String::new(),
             SignerRequest::Renew { serial, user, .. } => {
                 format!(" renewing={serial} caller={user:?}")
             }

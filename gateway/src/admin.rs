@@ -47,6 +47,22 @@ struct PolicyPut {
     policy: String,
     #[serde(default)]
     model: Option<String>,
+    /// The `version` a `GET` answered: the PUT is refused (409) if the
+    /// policy changed since, so two admins cannot overwrite each other.
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// A short hash of a policy's model and rules: its version.
+fn version_of(policy: &Policy) -> String {
+    let mut bytes = policy.model().as_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend_from_slice(policy.text().as_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `POST /moat/v1/check`: a request to explain for someone.
@@ -60,6 +76,10 @@ struct Check {
     path: String,
     #[serde(default)]
     body: Option<serde_json::Value>,
+    /// Judge the container (or exec) the path names as someone else's,
+    /// as the gateway does for a caller who does not own it.
+    #[serde(default)]
+    others: bool,
 }
 
 type Answer = (StatusCode, Bytes);
@@ -88,7 +108,9 @@ impl Admin {
             })),
             Action::MoatPolicyGet => {
                 let policy = self.enforcer.policy();
-                ok(json!({ "model": policy.model(), "policy": policy.text() }))
+                ok(
+                    json!({ "model": policy.model(), "policy": policy.text(), "version": version_of(&policy) }),
+                )
             }
             Action::MoatPolicyPut => {
                 let put: PolicyPut = match serde_json::from_slice(body) {
@@ -96,6 +118,14 @@ impl Admin {
                     Err(e) => return bad(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
                 };
                 let current = self.enforcer.policy();
+                if let Some(version) = &put.version
+                    && *version != version_of(&current)
+                {
+                    return bad(
+                        StatusCode::CONFLICT,
+                        "the policy changed since you read it; read it again and reapply your change",
+                    );
+                }
                 let model = put.model.as_deref().unwrap_or(current.model());
                 let policy = match Policy::from_text(model, &put.policy) {
                     Ok(policy) => policy,
@@ -114,10 +144,12 @@ impl Admin {
                     Ok(Err(e)) => return bad(StatusCode::INTERNAL_SERVER_ERROR, e),
                     Err(e) => return bad(StatusCode::INTERNAL_SERVER_ERROR, e),
                 }
-                match self.enforcer.reload(policy) {
-                    Ok(()) => ok(
-                        json!({ "message": "policy replaced", "rules": self.enforcer.policy().rules().len() }),
-                    ),
+                match self.swap(policy) {
+                    Ok(()) => ok(json!({
+                        "message": "policy replaced",
+                        "rules": self.enforcer.policy().rules().len(),
+                        "version": version_of(&self.enforcer.policy()),
+                    })),
                     Err(e) => bad(StatusCode::INTERNAL_SERVER_ERROR, e),
                 }
             }
@@ -140,7 +172,12 @@ impl Admin {
                     body.as_deref().map(str::as_bytes),
                 );
                 match derived {
-                    Ok((_, requirements)) => {
+                    Ok((route, mut requirements)) => {
+                        if check.others
+                            && let Some(object) = &route.object
+                        {
+                            requirements.extend(moat_policy::Requirement::on_others(object.kind()));
+                        }
                         let who = Identity::new(check.user, check.groups);
                         let explanation = self.enforcer.explain(&who, &requirements);
                         match serde_json::to_value(&explanation) {
@@ -217,6 +254,33 @@ impl Admin {
         Ok(())
     }
 
+    /// A policy edited on disk takes effect like one PUT through the API,
+    /// so it is audited like one: who edited the file is not known here
+    /// (the host's own logs know), but when and to what version is.
+    async fn audit_local_change(&self) {
+        let policy = self.enforcer.policy();
+        let record = moat_audit::Record {
+            audit_id: format!("policy-{}", version_of(&policy)),
+            stage: moat_audit::Stage::Completed,
+            user: "(local file)".into(),
+            auth: moat_audit::Auth::None,
+            source: "local".into(),
+            method: "RELOAD".into(),
+            path: self.policy_dir.display().to_string(),
+            action: Some(Action::MoatReload.as_str().into()),
+            decision: moat_audit::Decision::Allow,
+            reason: Some(format!(
+                "the policy directory changed on disk; now version {} with {} rules",
+                version_of(&policy),
+                policy.rules().len()
+            )),
+            ..moat_audit::Record::default()
+        };
+        if let Err(err) = self.audit.append(record).await {
+            tracing::error!("audit: could not record the policy reload: {err}");
+        }
+    }
+
     /// Starts, replaces or ends the dry run from what `dir` holds.
     fn load_dry_run(&self, dir: &std::path::Path) {
         if !dir.exists() {
@@ -279,7 +343,8 @@ impl Admin {
                 Ok(Ok(policy)) if *self.enforcer.policy() == policy => {}
                 Ok(Ok(policy)) => match self.swap(policy) {
                     Ok(()) => {
-                        tracing::info!("reloaded the policy from {}", self.policy_dir.display())
+                        tracing::info!("reloaded the policy from {}", self.policy_dir.display());
+                        self.audit_local_change().await;
                     }
                     Err(err) => tracing::error!("keeping the running policy: {err}"),
                 },

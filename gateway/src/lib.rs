@@ -163,7 +163,16 @@ pub async fn run(
         gateway = gateway.with_bearer_tokens(verifier);
     }
     let gateway = Arc::new(gateway);
-    tokio::spawn(tls.clone().watch(sessions.clone(), config.reload_every));
+    tokio::spawn(
+        tls.clone().watch(
+            sessions.clone(),
+            config
+                .enroll
+                .as_ref()
+                .map(|e| enroll::Signer::new(e.signer.clone())),
+            config.reload_every,
+        ),
+    );
     let server = Arc::new(server::Server {
         gateway,
         tls: tls.clone(),

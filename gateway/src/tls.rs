@@ -91,9 +91,12 @@ impl TlsState {
     /// Reads the PKI files again and, if they changed and still make a
     /// working configuration, swaps it in. A broken file leaves the running
     /// configuration in place. The server key is read only when the server
-    /// certificate changed (after the privilege drop it may be unreadable:
-    /// then the old pair stays and the error says to restart).
-    pub fn reload(&self) -> Result<bool, String> {
+    /// certificate changed. After the privilege drop the key file is not
+    /// readable: then the enrollment signer (root), when there is one,
+    /// hands over the pair it reads, and it must match the certificate on
+    /// disk; without a signer the old pair stays and the error says to
+    /// restart.
+    pub async fn reload(&self, signer: Option<&crate::enroll::Signer>) -> Result<bool, String> {
         let read = |name: &str| {
             std::fs::read_to_string(self.pki_dir.join(name))
                 .map_err(|e| format!("{}: {e}", self.pki_dir.join(name).display()))
@@ -103,9 +106,31 @@ impl TlsState {
         next.crl_pem = read(CRL)?;
         let cert_pem = read(SERVER_CERT)?;
         if cert_pem != next.cert_pem {
-            next.key_pem = read(SERVER_KEY).map_err(|e| {
-                format!("the server certificate changed but its key is unreadable ({e}); restart the gateway to use it")
-            })?;
+            next.key_pem = match (read(SERVER_KEY), signer) {
+                (Ok(key), _) => key,
+                (Err(e), None) => {
+                    return Err(format!(
+                        "the server certificate changed but its key is unreadable ({e}); restart the gateway to use it"
+                    ));
+                }
+                (Err(_), Some(signer)) => {
+                    let answer = signer
+                        .call(&serde_json::json!({ "op": "server-key" }))
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "the server certificate changed; asking the signer for its key: {e}"
+                            )
+                        })?;
+                    if answer["server_cert"].as_str() != Some(cert_pem.as_str()) {
+                        return Err("the signer's server certificate is not the one on disk; keeping the running one".into());
+                    }
+                    answer["server_key"]
+                        .as_str()
+                        .ok_or("the signer's answer has no server key")?
+                        .to_owned()
+                }
+            };
             next.cert_pem = cert_pem;
         }
         let mut current = self.material.lock().expect("tls material lock");
@@ -125,7 +150,12 @@ impl TlsState {
 
     /// Polls the PKI directory and reloads on change; after each reload,
     /// closes the open connections of certificates the new CRL revokes.
-    pub async fn watch(self: Arc<Self>, sessions: Sessions, every: Duration) {
+    pub async fn watch(
+        self: Arc<Self>,
+        sessions: Sessions,
+        signer: Option<crate::enroll::Signer>,
+        every: Duration,
+    ) {
         let mut seen = stamp(&self.pki_dir);
         loop {
             tokio::time::sleep(every).await;
@@ -134,7 +164,7 @@ impl TlsState {
                 continue;
             }
             seen = now;
-            match self.reload() {
+            match self.reload(signer.as_ref()).await {
                 Ok(true) => {
                     tracing::info!(
                         "reloaded the TLS configuration from {}",
