@@ -43,6 +43,11 @@ pub struct GatewayArgs {
     /// The largest JSON request body judged (bigger ones are refused with 413)
     #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
     body_limit: usize,
+    /// Record the (redacted) request body of this action at audit level
+    /// "request" (repeatable; replaces the default: container.create,
+    /// container.update, exec.create, moat.policy.put)
+    #[arg(long = "audit-request", value_name = "ACTION")]
+    audit_request: Vec<moat_api::Action>,
     /// Connections open at once; more are closed at once
     #[arg(long, default_value_t = 1024, value_name = "N")]
     max_connections: usize,
@@ -132,7 +137,11 @@ pub fn run(args: GatewayArgs, state: &StateRoot) -> Result<()> {
         },
         options: Options {
             body_limit: args.body_limit,
-            ..Options::default()
+            request_level: if args.audit_request.is_empty() {
+                Options::default().request_level
+            } else {
+                args.audit_request.clone()
+            },
         },
         limits: LimitOptions {
             concurrent_per_user: args.user_concurrency,

@@ -56,6 +56,7 @@ impl Default for Options {
                 Action::ContainerCreate,
                 Action::ContainerUpdate,
                 Action::ExecCreate,
+                Action::MoatPolicyPut,
             ],
         }
     }
