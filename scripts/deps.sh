@@ -12,6 +12,8 @@ packages=(
   curl                      # raw HTTP requests in the tests
   skopeo umoci              # OCI image interop checks
   bsdutils                  # `script`, a pty for `docker run -it` in the tests
+  docker-registry           # distribution 2.8: the registry pull/push tests start
+  apache2-utils             # htpasswd -B for that registry's basic auth
 )
 
 missing=()
@@ -26,7 +28,16 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # No service is started by the packages (docker-registry has one): the
+  # tests start their own registries.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+  else
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
 fi
 
 # dockerd 20.10 (Debian's docker.io): the interop test loads what a real

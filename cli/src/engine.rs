@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use moat_engine::images::ImageStore;
+use moat_engine::registry::RegistryConfig;
 use moat_engine::runtime::{Runtime, RuntimeConfig};
 use moat_engine::server::{Engine, serve};
 use moat_engine::userns::IdMap;
@@ -34,6 +35,11 @@ pub struct EngineArgs {
     /// json-file log rotation: files kept per container
     #[arg(long, default_value_t = 3, value_name = "N")]
     log_max_files: u32,
+    /// A registry reached without verified TLS (HTTPS unchecked, then plain
+    /// HTTP), as dockerd's insecure-registries; repeatable. Loopback
+    /// registries (127.0.0.0/8, localhost, ::1) always are
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
 }
 
 pub fn run(args: EngineArgs, state: &StateRoot) -> Result<()> {
@@ -65,7 +71,15 @@ pub fn run(args: EngineArgs, state: &StateRoot) -> Result<()> {
         remove_on_exit: false,
     })
     .context("engine state")?;
-    let engine = Arc::new(Engine::new(runtime, images));
+    for entry in &args.insecure_registries {
+        if entry.is_empty() || entry.contains(['/', '@', ' ']) {
+            bail!("--insecure-registry {entry:?}: expected HOST or HOST:PORT, without a scheme");
+        }
+    }
+    let registries = RegistryConfig {
+        insecure: args.insecure_registries.clone(),
+    };
+    let engine = Arc::new(Engine::new(runtime, images).with_registry(registries));
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

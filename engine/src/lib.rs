@@ -9,6 +9,7 @@
 //! - [`cgroups`]: a container's v1 cgroups, made and joined by moat.
 //! - [`server`]: the Docker Engine API on a Unix socket.
 //! - [`images`]: the image store (OCI layout, unpacked layers per remap root).
+//! - [`registry`]: a client of the OCI distribution API (pull, push, login).
 //! - [`runtime`]: the container store and lifecycle, through the shims.
 //! - [`shim`]: the per-container process that runs it with libcontainer.
 //! - [`logs`]: Docker's json-file log format.
@@ -24,6 +25,7 @@ pub mod error;
 mod fsutil;
 pub mod images;
 pub mod logs;
+pub mod registry;
 pub mod runtime;
 pub mod seccomp;
 pub mod server;

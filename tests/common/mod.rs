@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod gateway;
+pub mod registry;
 pub mod rootfs;
 pub mod signer;
 

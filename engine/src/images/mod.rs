@@ -20,9 +20,12 @@
 //! - `layout`: the OCI layout, verified blobs, the store lock.
 //! - `layer`: checking and unpacking layer tars safely.
 //! - `import`, `archive`: `docker import`, `docker load` and `save`.
+//! - `distribution`: what `docker pull` and `push` need (verified blobs,
+//!   checked layers, a pulled image added whole, an image opened to push).
 //! - `remove`: `docker rmi` and `docker image prune`, and what they free.
 
 mod archive;
+mod distribution;
 mod error;
 mod import;
 mod layer;
@@ -38,6 +41,9 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub use distribution::{
+    BlobWriter, CheckedLayer, PulledImage, PushLayer, PushSource, VerifiedBlob,
+};
 pub use error::{ImageError, Result};
 pub use import::ImportConfig;
 pub use reference::Reference;

@@ -1,5 +1,6 @@
 //! `/images/...`: the image store over HTTP (import, load, save, list,
-//! inspect, history, tag, remove, prune). Pull and push come later.
+//! inspect, history, tag, remove, prune). Pull and push are in
+//! `registry.rs`.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -246,13 +247,10 @@ pub async fn prune(engine: Arc<Engine>, call: Call) -> ApiResult {
 }
 
 /// `POST /images/create`: `fromSrc=-` imports the body (`docker import`);
-/// `fromImage` (pull) is not supported yet.
+/// `fromImage` pulls (`docker pull`, in `server/registry.rs`).
 pub async fn create(engine: Arc<Engine>, call: Call) -> ApiResult {
     if call.query.contains("fromImage") {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "pulling images is not supported by moat yet; load or import them (docker load, docker import)",
-        ));
+        return super::registry::pull(engine, call).await;
     }
     match call.query.get("fromSrc") {
         Some("-") => {}

@@ -12,6 +12,7 @@ mod containers;
 mod events;
 mod exec;
 mod images;
+mod registry;
 mod system;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::EngineError;
 use crate::images::ImageStore;
+use crate::registry::{Registry, RegistryConfig};
 use crate::runtime::Runtime;
 use crate::shim::protocol::{AttachHeader, ExitStatus};
 
@@ -43,6 +45,7 @@ const MAX_JSON_BODY: usize = 4 << 20;
 pub struct Engine {
     pub runtime: Arc<Runtime>,
     pub images: Arc<ImageStore>,
+    pub registry: Arc<Registry>,
     pub events: Events,
     execs: Mutex<HashMap<String, exec::ExecRecord>>,
     /// Attach requests made before their container started (`docker run`).
@@ -70,11 +73,18 @@ impl Engine {
         Engine {
             runtime: Arc::new(runtime),
             images: Arc::new(images),
+            registry: Arc::new(Registry::new(RegistryConfig::default())),
             events: Events::new(),
             execs: Mutex::new(HashMap::new()),
             pending_attach: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Which registries are insecure (`--insecure-registry`).
+    pub fn with_registry(mut self, config: RegistryConfig) -> Engine {
+        self.registry = Arc::new(Registry::new(config));
+        self
     }
 
     fn lifecycle(&self, id: &str) -> watch::Sender<Lifecycle> {
@@ -316,7 +326,9 @@ async fn dispatch(engine: Arc<Engine>, call: Call) -> ApiResult {
         ImageCreate => images::create(engine, call).await,
         ImageLoad => images::load(engine, call).await,
         ImageSave => images::save(engine, call).await,
-        ImagePush | Build => Err(ApiError::new(
+        ImagePush => registry::push(engine, call).await,
+        Auth => registry::auth(engine, call).await,
+        Build => Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             format!("{} is not supported by moat yet", call.route.action),
         )),
