@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -319,6 +320,7 @@ impl Runtime {
                 ),
                 ("resolv.conf", resolv_conf()),
             ];
+            let files_written = files.each_ref().map(|(file, _)| *file);
             for (file, content) in files {
                 let path = tmp.join(file);
                 fs::write(&path, content).map_err(EngineError::io(&path))?;
@@ -345,8 +347,7 @@ impl Runtime {
                 log_max_size: self.config.log_max_size,
                 log_max_files: self.config.log_max_files,
             };
-            fsutil::write_json(&tmp.join(SHIM_CONFIG), &shim_config)
-                .map_err(EngineError::io(tmp.join(SHIM_CONFIG)))?;
+            write_json(&tmp.join(SHIM_CONFIG), &shim_config)?;
             let record = ContainerRecord {
                 id: id.clone(),
                 name,
@@ -358,12 +359,18 @@ impl Runtime {
                 userns,
                 restart_count: 0,
             };
-            fsutil::write_json(&tmp.join(RECORD), &record)
-                .map_err(EngineError::io(tmp.join(RECORD)))?;
+            write_json(&tmp.join(RECORD), &record)?;
             fs::rename(&tmp, &final_dir).map_err(EngineError::io(&final_dir))?;
-            fs::File::open(self.containers_dir())
-                .and_then(|d| d.sync_all())
-                .map_err(EngineError::io(self.containers_dir()))?;
+            // The rename makes the container whole or absent to a crash of
+            // the engine; the disk catches up just after the answer, so
+            // `docker create` does not wait on the journal.
+            let mut durable: Vec<PathBuf> = [OCI_SPEC, SHIM_CONFIG, RECORD]
+                .into_iter()
+                .chain(files_written)
+                .map(|f| final_dir.join(f))
+                .collect();
+            durable.push(final_dir.clone());
+            fsutil::sync_later(durable);
             Ok(record)
         })();
         if result.is_err() {
@@ -410,8 +417,14 @@ impl Runtime {
             }
             StateName::Created | StateName::Exited => {}
         }
-        // A previous run's files go before the new one starts.
+        // A previous run's shim answers as soon as its container has
+        // exited and finishes its clean-up after; it must be gone before a
+        // new one takes over the run directory.
         let dir = self.dir(id);
+        if let Ok(previous) = fsutil::read_json::<ShimState>(&dir.join(SHIM_STATE)) {
+            wait_for_shim_exit(previous.shim_pid, &dir, Duration::from_secs(10));
+        }
+        // A previous run's files go before the new one starts.
         for file in [SHIM_STATE, EXIT_STATUS] {
             let _ = fs::remove_file(dir.join(file));
         }
@@ -958,8 +971,48 @@ pub fn parse_signal(name: &str) -> Option<i32> {
         .map(|s| s as i32)
 }
 
+/// Waits (bounded) until the shim `pid` of the container in `state_dir`
+/// has exited; a pid that is no longer that shim counts as exited.
+fn wait_for_shim_exit(pid: i32, state_dir: &Path, timeout: Duration) {
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: pidfd_open with integer arguments; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+    let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // Checked after the pidfd is held, so the pid cannot be reused between.
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let is_the_shim = cmdline.split(|b| *b == 0).any(|arg| arg == b"shim")
+        && cmdline
+            .split(|b| *b == 0)
+            .any(|arg| Path::new(std::ffi::OsStr::from_bytes(arg)) == state_dir);
+    if !is_the_shim {
+        return;
+    }
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+}
+
 fn process_alive(pid: i32) -> bool {
     pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// A JSON file in a container's directory while it is being created (the
+/// directory's rename is what makes it appear whole).
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| EngineError::io(path)(std::io::Error::other(e)))?;
+    bytes.push(b'\n');
+    fs::write(path, bytes).map_err(EngineError::io(path))
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {

@@ -71,6 +71,10 @@ const LIBCONTAINER_ROOT: &str = "lc";
 /// How long output may still arrive after the init process has exited
 /// (a process that left the container's PID namespace may hold a pipe).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// shim.json is synced once the shim has been idle this long, or this long
+/// after it was written if the shim never is.
+const SYNC_IDLE_MS: u16 = 10;
+const SYNC_WITHIN: Duration = Duration::from_millis(100);
 /// An attached client this far behind is dropped rather than stalling the container.
 const MAX_CLIENT_BACKLOG: usize = 4 << 20;
 
@@ -347,6 +351,8 @@ struct Shim {
     waiters: Vec<UnixStream>,
     execs: Vec<Exec>,
     exit: Option<(i32, Instant)>,
+    /// Since when shim.json has been written but not synced.
+    state_unsynced: std::cell::Cell<Option<Instant>>,
 }
 
 /// What libcontainer's create leaves the shim.
@@ -451,6 +457,7 @@ impl Shim {
             waiters: Vec::new(),
             execs: Vec::new(),
             exit: None,
+            state_unsynced: std::cell::Cell::new(None),
         };
         if let Err(e) = shim.save_state() {
             abandon(&mut shim.container, Some(init), shim.cgroup.as_ref());
@@ -545,6 +552,8 @@ impl Shim {
         })
     }
 
+    /// shim.json, replaced atomically; made durable by [`Shim::sync_state`]
+    /// once the shim is idle, so no answer waits on the disk.
     fn save_state(&self) -> Result<(), String> {
         let state = ShimState {
             status: self.status,
@@ -552,7 +561,21 @@ impl Shim {
             pid: self.init.as_raw(),
             started_at: self.started_at,
         };
-        fsutil::write_json(&self.state_dir.join(SHIM_STATE), &state).map_err(|e| e.to_string())
+        fsutil::write_json_unsynced(&self.state_dir.join(SHIM_STATE), &state)
+            .map_err(|e| e.to_string())?;
+        if self.state_unsynced.get().is_none() {
+            self.state_unsynced.set(Some(Instant::now()));
+        }
+        Ok(())
+    }
+
+    fn sync_state(&self) {
+        if self.state_unsynced.take().is_some()
+            && let Err(e) = fsutil::sync(&self.state_dir.join(SHIM_STATE))
+            && e.kind() != ErrorKind::NotFound
+        {
+            eprintln!("shim: syncing its state: {e}");
+        }
     }
 
     /// The event loop, until the container has exited and its output is drained.
@@ -570,6 +593,7 @@ impl Shim {
                 // signal descriptor sent no event: look anyway.
                 self.reap();
             }
+            let idle = events.iter().all(|e| e.is_empty());
             for (slot, revents) in slots.into_iter().zip(events) {
                 if revents.is_empty() {
                     continue;
@@ -578,6 +602,11 @@ impl Shim {
             }
             self.clients.retain_mut(|c| !c.dead && c.flush());
             self.execs.retain(|e| !e.done);
+            if let Some(since) = self.state_unsynced.get()
+                && (idle || since.elapsed() > SYNC_WITHIN)
+            {
+                self.sync_state();
+            }
         }
         self.finish();
     }
@@ -624,7 +653,13 @@ impl Shim {
                 fds.push(PollFd::new(c.stream.as_fd(), c.poll_flags()));
             }
         }
-        let timeout = if self.exit.is_some() { 100u16 } else { 1000 };
+        let timeout = if self.state_unsynced.get().is_some() {
+            SYNC_IDLE_MS
+        } else if self.exit.is_some() {
+            100
+        } else {
+            1000
+        };
         match poll(&mut fds, PollTimeout::from(timeout)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => {}
@@ -1174,12 +1209,37 @@ impl Shim {
             },
             error: String::new(),
         };
-        if let Err(e) = fsutil::write_json(&self.state_dir.join(EXIT_STATUS), &status) {
+        // The record, without waiting for the disk (it is synced below,
+        // once nobody waits on it).
+        let exit_path = self.state_dir.join(EXIT_STATUS);
+        if let Err(e) = fsutil::write_json_unsynced(&exit_path, &status) {
             eprintln!("shim: recording the exit status: {e}");
         }
         let _ = self.save_state();
+        // An exited container has no cgroups left by the time anyone hears
+        // of the exit. libcontainer's own cgroups (cgroup v2) go with its
+        // delete.
+        match &self.cgroup {
+            Some(cgroup) => {
+                if let Err(e) = cgroup.remove() {
+                    eprintln!("shim: removing the cgroups: {e}");
+                }
+            }
+            None => {
+                if let Err(e) = self.container.delete(true) {
+                    eprintln!("shim: deleting the container: {e}");
+                }
+            }
+        }
+        // No new connections (the engine then reads exit.json); those
+        // already queued are answered like the waiters.
+        let _ = fs::remove_file(self.config.run_dir.join(CONTROL_SOCKET));
+        let _ = fs::remove_file(self.config.run_dir.join(ATTACH_SOCKET));
         for mut waiter in self.waiters.drain(..) {
             reply(&mut waiter, &Response::Exited(status.clone()));
+        }
+        while let Ok((stream, _)) = self.control.accept() {
+            self.control_request(stream);
         }
         for client in self.clients.drain(..) {
             client.finish();
@@ -1189,15 +1249,15 @@ impl Shim {
                 c.finish();
             }
         }
-        if let Err(e) = self.container.delete(true) {
-            eprintln!("shim: deleting the container: {e}");
-        }
-        if let Some(cgroup) = &self.cgroup
-            && let Err(e) = cgroup.remove()
-        {
-            eprintln!("shim: removing the cgroups: {e}");
-        }
+        // libcontainer's state (its delete has nothing else to do when the
+        // cgroups are moat's) and the sockets.
         let _ = fs::remove_dir_all(&self.config.run_dir);
+        if let Err(e) = fsutil::sync(&exit_path)
+            && e.kind() != ErrorKind::NotFound
+        {
+            eprintln!("shim: syncing the exit status: {e}");
+        }
+        self.sync_state();
     }
 }
 
