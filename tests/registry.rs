@@ -197,6 +197,50 @@ fn login_then_push_and_pull_with_basic_auth() {
 }
 
 #[test]
+fn bearer_tokens_from_a_token_service_over_tls() {
+    let registry = RegistryProcess::with_token_service("alice", "correct horse");
+    let engine = engine_with_busybox();
+    let host = registry.host();
+    let image = format!("{host}/team/app:1");
+    engine.docker_ok(&["tag", "busybox:test", &image]);
+
+    // The registry speaks TLS only and wants a token.
+    let out = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{host}/v2/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+
+    // Anonymous tokens grant nothing here.
+    let out = docker_fails(&engine, &["push", &image]);
+    assert!(out.contains("unauthorized"), "{out}");
+    let (ok, out) = docker_login(&engine, &host, "alice", "wrong");
+    assert!(!ok && out.contains("401 Unauthorized"), "{out}");
+    let (ok, out) = docker_login(&engine, &host, "alice", "correct horse");
+    assert!(ok && out.contains("Login Succeeded"), "{out}");
+    // The CLI keeps the refresh token the engine handed back, not the
+    // password, and sends it from now on.
+    let config = std::fs::read_to_string(engine.path("docker-config/config.json")).unwrap();
+    assert!(config.contains("identitytoken"), "{config}");
+    assert!(!config.contains("correct horse"), "{config}");
+
+    let out = engine.docker_ok(&["push", &image]);
+    assert!(out.contains("Pushed"), "{out}");
+    let other = format!("{host}/team/other:1");
+    engine.docker_ok(&["tag", &image, &other]);
+    let out = engine.docker_ok(&["push", &other]);
+    assert!(out.contains("Mounted from team/app"), "{out}");
+    engine.docker_ok(&["rmi", &image, &other, "busybox:test"]);
+    let out = engine.docker_ok(&["pull", &image]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(
+        engine.docker_ok(&["run", "--rm", &image, "echo", "hi"]),
+        "hi\n"
+    );
+}
+
+#[test]
 fn skopeo_reads_what_moat_pushes_and_moat_runs_what_skopeo_pushes() {
     let registry = RegistryProcess::anonymous();
     let engine = engine_with_busybox();

@@ -25,6 +25,9 @@ use crate::images::{
 const PARALLEL_DOWNLOADS: usize = 3;
 /// The biggest config blob read into memory.
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// The most layers an image may have (Docker's own limit: overlayfs
+/// mounts only so many lower directories).
+const MAX_LAYERS: usize = 125;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -232,6 +235,12 @@ pub async fn pull(
         .clone()
         .ok_or_else(|| RegistryError::protocol("manifest", "no config"))?;
     check_config_type(&config.media_type)?;
+    if manifest.layers.len() > MAX_LAYERS {
+        return Err(RegistryError::Unsupported(format!(
+            "{} layers: more than the {MAX_LAYERS} an image may have",
+            manifest.layers.len()
+        )));
+    }
     for layer in &manifest.layers {
         check_layer_type(&layer.media_type)?;
     }
