@@ -656,4 +656,4 @@ fn history_of(image: &StoredImage) -> Vec<HistoryItem> {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;

@@ -105,7 +105,10 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod config_tests {
     use super::*;
 
     #[test]
