@@ -129,6 +129,14 @@ fn push_rmi_pull_and_run_with_an_anonymous_registry() {
 
     engine.docker_ok(&["rmi", &image, &other, "busybox:test"]);
     no_image_left(&engine);
+    let out = docker_fails(&engine, &["push", &image]);
+    assert!(
+        out.contains(&format!(
+            "An image does not exist locally with the tag: {}/team/app",
+            registry.host()
+        )),
+        "{out}"
+    );
 
     let out = engine.docker_ok(&["pull", &image]);
     assert!(out.contains("1: Pulling from team/app"), "{out}");

@@ -9,6 +9,10 @@ pub enum RegistryError {
     #[error("{registry}: unauthorized: {message}")]
     Unauthorized { registry: String, message: String },
 
+    /// An image the store does not have (Docker's wording, complete).
+    #[error("{0}")]
+    NoLocalImage(String),
+
     /// A manifest or repository the registry does not have.
     #[error("{what} not found: {message}")]
     NotFound { what: String, message: String },
@@ -49,7 +53,7 @@ impl RegistryError {
     pub fn status(&self) -> u16 {
         match self {
             RegistryError::Unauthorized { .. } => 401,
-            RegistryError::NotFound { .. } => 404,
+            RegistryError::NotFound { .. } | RegistryError::NoLocalImage(_) => 404,
             RegistryError::BadRequest(_) => 400,
             RegistryError::Unsupported(_) => 400,
             RegistryError::Image(e) => e.status(),

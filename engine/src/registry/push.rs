@@ -54,14 +54,18 @@ pub fn tags_to_push(
         None if !parsed.name_only => vec![parsed.reference.clone()],
         None => store.tags_of(&repository)?,
     };
+    let missing = |name: String| {
+        RegistryError::NoLocalImage(format!(
+            "An image does not exist locally with the tag: {name}"
+        ))
+    };
     if tags.is_empty() {
-        return Err(RegistryError::NotFound {
-            what: "image".into(),
-            message: format!(
-                "An image does not exist locally with the tag: {}",
-                parsed.reference.familiar_name()
-            ),
-        });
+        return Err(missing(parsed.reference.familiar_name()));
+    }
+    for tag in &tags {
+        if store.resolve(&tag.to_string()).is_err() {
+            return Err(missing(tag.familiar()));
+        }
     }
     Ok(tags)
 }
