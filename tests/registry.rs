@@ -145,6 +145,12 @@ fn push_rmi_pull_and_run_with_an_anonymous_registry() {
         out.contains(&format!("Status: Downloaded newer image for {image}")),
         "{out}"
     );
+    let repo_digests =
+        engine.docker_ok(&["image", "inspect", "-f", "{{json .RepoDigests}}", &image]);
+    assert_eq!(
+        repo_digests.trim(),
+        format!(r#"["{}/team/app@{digest}"]"#, registry.host())
+    );
     let out = engine.docker_ok(&["pull", &image]);
     assert!(out.contains("Status: Image is up to date"), "{out}");
     assert!(out.contains("Already exists"), "{out}");
@@ -409,7 +415,18 @@ fn a_multi_platform_index_gives_the_hosts_image() {
 
     engine.docker_ok(&["rmi", "busybox:other", "busybox:test"]);
     let multi = format!("{host}/team/multi:latest");
-    engine.docker_ok(&["pull", &multi]);
+    let out = engine.docker_ok(&["pull", &multi]);
+    // The index's digest is the one shown, kept and found.
+    let index_digest = format!(
+        "sha256:{}",
+        sha256_hex(&std::fs::read(&index_path).unwrap())
+    );
+    assert!(out.contains(&format!("Digest: {index_digest}")), "{out}");
+    let pinned = format!("{host}/team/multi@{index_digest}");
+    assert_eq!(
+        engine.docker_ok(&["run", "--rm", &pinned, "sh", "-c", "echo ${VARIANT:-host}"]),
+        "host\n"
+    );
     let variant = engine.docker_ok(&["run", "--rm", &multi, "sh", "-c", "echo ${VARIANT:-host}"]);
     assert_eq!(variant, "host\n");
     // The arm64 entry's config says amd64: asked for arm64, that is refused.

@@ -4,7 +4,7 @@
 //! ids, a pulled image added whole (or not at all), and an image's files
 //! opened for pushing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Write};
 
@@ -14,7 +14,7 @@ use super::error::{ImageError, Result};
 use super::import::{NewImage, NewLayer};
 use super::layer::{self, Layer};
 use super::layout::{Digest, Ingest, Ingested, MAX_JSON_BYTES, descriptor_digest};
-use super::{ImageId, ImageStore, Reference, find, is_manifest};
+use super::{Catalog, ImageId, ImageStore, Reference, find, is_manifest};
 
 /// A blob on its way in from a registry: written to an ingest file while
 /// hashed, and refused past its announced size.
@@ -98,6 +98,10 @@ pub struct PulledImage {
     pub config: Vec<u8>,
     pub layers: Vec<CheckedLayer>,
     pub tag: Option<Reference>,
+    /// `repository@digest` it was pulled as (an index's digest for a
+    /// multi-platform image): its `RepoDigests`, and what `name@digest`
+    /// finds.
+    pub repo_digest: String,
 }
 
 /// An image opened for pushing: its manifest and config as stored, and
@@ -277,7 +281,56 @@ impl ImageStore {
             tags: image.tag.into_iter().collect(),
         };
         let added = self.add_images(vec![new], &mut blobs)?;
+        self.record_repo_digest(&id, &image.repo_digest)?;
         Ok((added[0].id.clone(), up_to_date))
+    }
+
+    /// Notes that image `id` is `repository@digest` in a registry (pulled
+    /// or pushed); entries of images no longer stored are dropped.
+    pub fn record_repo_digest(&self, id: &ImageId, repo_digest: &str) -> Result<()> {
+        let _lock = self.layout.lock()?;
+        let catalog = self.catalog()?;
+        let mut all = self.read_repo_digests()?;
+        all.retain(|image, _| catalog.images.iter().any(|i| i.id.as_str() == image));
+        let entry = all.entry(id.to_string()).or_default();
+        if !entry.iter().any(|d| d == repo_digest) {
+            // One digest per repository: the latest pull or push.
+            let repository = repo_digest.split('@').next().unwrap_or_default();
+            entry.retain(|d| d.split('@').next() != Some(repository));
+            entry.push(repo_digest.to_owned());
+        }
+        self.write_repo_digests(&all)
+    }
+
+    /// Drops the entries of images `catalog` no longer has (after `rmi`,
+    /// so a later pull of the same image starts afresh); the caller holds
+    /// the store lock.
+    pub(super) fn forget_repo_digests(&self, catalog: &Catalog) -> Result<()> {
+        let mut all = self.read_repo_digests()?;
+        let before = all.len();
+        all.retain(|image, _| catalog.images.iter().any(|i| i.id.as_str() == image));
+        if all.len() == before {
+            return Ok(());
+        }
+        self.write_repo_digests(&all)
+    }
+
+    fn write_repo_digests(&self, all: &BTreeMap<String, Vec<String>>) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(all)
+            .map_err(|e| ImageError::corrupt(&self.repo_digests, e))?;
+        bytes.push(b'\n');
+        crate::fsutil::write_atomic(&self.repo_digests, &bytes)
+            .map_err(ImageError::io(&self.repo_digests))
+    }
+
+    /// `repo-digests.json`; the caller holds the store lock.
+    pub(super) fn read_repo_digests(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        match std::fs::read(&self.repo_digests) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| ImageError::corrupt(&self.repo_digests, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(ImageError::io(&self.repo_digests)(e)),
+        }
     }
 
     /// The image `reference` names, opened for pushing.

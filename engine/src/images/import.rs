@@ -335,6 +335,7 @@ impl ImageStore {
                         manifest: serde_json::from_slice(&manifest_bytes).map_err(bad)?,
                         config: serde_json::from_slice(&new.config).map_err(bad)?,
                         tags: Vec::new(),
+                        repo_digests: Vec::new(),
                     });
                     catalog.images.len() - 1
                 }

@@ -12,6 +12,7 @@
 //! | `images/` | the OCI layout: `oci-layout`, `index.json` (one manifest descriptor per tag, annotated `org.opencontainers.image.ref.name` = the full reference; an untagged image keeps one descriptor without it), `blobs/sha256/<hex>` |
 //! | `images.lock` | the `flock` every change to the layout takes |
 //! | `images.ingest/` | blobs being written, renamed into `blobs/` once verified |
+//! | `repo-digests.json` | image id → `repository@digest` it was pulled as or pushed to (`RepoDigests`) |
 //! | `layers/<uid>.<gid>/<diff-id hex>/` | a layer unpacked for one remap root, owned by its ids; `.lock` serializes unpacking |
 //!
 //! An image's id is the digest of its config blob, as Docker's is.
@@ -144,6 +145,8 @@ pub struct ImageSummary {
     pub id: ImageId,
     /// Familiar form, `busybox:test`; empty for a dangling image.
     pub repo_tags: Vec<String>,
+    /// `busybox@sha256:...`, as pulled or pushed.
+    pub repo_digests: Vec<String>,
     pub created: Option<OffsetDateTime>,
     /// Bytes of the image's layer blobs as stored.
     pub size: u64,
@@ -158,7 +161,7 @@ pub struct ImageSummary {
 pub struct ImageDetails {
     pub id: ImageId,
     pub repo_tags: Vec<String>,
-    /// Empty until the store pulls from registries.
+    /// `repository@sha256:...` it was pulled as or pushed to, familiar.
     pub repo_digests: Vec<String>,
     pub created: Option<OffsetDateTime>,
     pub author: Option<String>,
@@ -199,6 +202,8 @@ pub struct LoadedImage {
 pub struct ImageStore {
     layout: Layout,
     layers: PathBuf,
+    /// `repo-digests.json`.
+    repo_digests: PathBuf,
     limits: Limits,
 }
 
@@ -212,11 +217,21 @@ struct StoredImage {
     manifest: ImageManifest,
     config: ImageConfiguration,
     tags: Vec<Reference>,
+    /// `repository@digest`, full form.
+    repo_digests: Vec<String>,
 }
 
 impl StoredImage {
     fn familiar_tags(&self) -> Vec<String> {
         self.tags.iter().map(Reference::familiar).collect()
+    }
+
+    fn familiar_repo_digests(&self) -> Vec<String> {
+        self.repo_digests
+            .iter()
+            .filter_map(|r| Reference::parse(r).ok())
+            .map(|r| r.familiar())
+            .collect()
     }
 
     fn size(&self) -> u64 {
@@ -305,6 +320,7 @@ impl ImageStore {
         Ok(ImageStore {
             layout,
             layers,
+            repo_digests: root.join("repo-digests.json"),
             limits: Limits {
                 max_bytes: DEFAULT_MAX_LAYER_BYTES,
                 max_entries: DEFAULT_MAX_LAYER_ENTRIES,
@@ -346,6 +362,7 @@ impl ImageStore {
             .map(|image| ImageSummary {
                 id: image.id.clone(),
                 repo_tags: image.familiar_tags(),
+                repo_digests: image.familiar_repo_digests(),
                 created: image.created(),
                 size: image.size(),
                 labels: image_config(&image.config).labels,
@@ -372,7 +389,7 @@ impl ImageStore {
         Ok(ImageDetails {
             id: image.id.clone(),
             repo_tags: image.familiar_tags(),
-            repo_digests: Vec::new(),
+            repo_digests: image.familiar_repo_digests(),
             created: image.created(),
             author: config.author().clone(),
             architecture: config.architecture().to_string(),
@@ -480,7 +497,12 @@ impl ImageStore {
                 manifest,
                 config,
                 tags: tag.into_iter().collect(),
+                repo_digests: Vec::new(),
             });
+        }
+        let mut repo_digests = self.read_repo_digests()?;
+        for image in &mut images {
+            image.repo_digests = repo_digests.remove(image.id.as_str()).unwrap_or_default();
         }
         Ok(Catalog { images, foreign })
     }
@@ -547,6 +569,13 @@ fn find(images: &[StoredImage], input: &str) -> Result<(usize, Matched)> {
             Some(digest) => images
                 .iter()
                 .position(|image| image.manifest_digest.to_string() == digest)
+                .or_else(|| {
+                    // Pulled through an index: the index's digest.
+                    let full = format!("{}@{digest}", wanted.repository());
+                    images
+                        .iter()
+                        .position(|image| image.repo_digests.contains(&full))
+                })
                 .map(|i| (i, Matched::Id)),
             None => images
                 .iter()

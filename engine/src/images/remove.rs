@@ -116,6 +116,7 @@ impl ImageStore {
     /// (the index as just written) needs, and leftovers of interrupted
     /// unpacking. Returns the bytes freed.
     fn collect_garbage(&self, catalog: &Catalog, _lock: &StoreLock) -> Result<u64> {
+        self.forget_repo_digests(catalog)?;
         let mut blobs: HashSet<Digest> = HashSet::new();
         let mut layers: HashSet<String> = HashSet::new();
         for image in &catalog.images {

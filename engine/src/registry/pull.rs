@@ -325,6 +325,7 @@ pub async fn pull(
         config: config_bytes,
         layers: checked,
         tag,
+        repo_digest: format!("{}@{top_digest}", reference.repository()),
     };
     let (id, up_to_date) = {
         let store = store.clone();

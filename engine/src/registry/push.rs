@@ -167,6 +167,11 @@ pub async fn push(
             actual: answered,
         }));
     }
+    {
+        let (store, id) = (store.clone(), source.id.clone());
+        let repo_digest = format!("{}@{computed}", reference.repository());
+        blocking(move || store.record_repo_digest(&id, &repo_digest)).await?;
+    }
     progress.status(&format!("{tag}: digest: {computed} size: {size}"));
     progress.aux(json!({ "Tag": tag, "Digest": computed, "Size": size }));
     Ok(Pushed {

@@ -45,7 +45,7 @@ pub async fn list(engine: Arc<Engine>, call: Call) -> ApiResult {
                     "Id": image.id.to_string(),
                     "ParentId": "",
                     "RepoTags": image.repo_tags,
-                    "RepoDigests": [],
+                    "RepoDigests": image.repo_digests,
                     "Created": image.created.map_or(0, |t| t.unix_timestamp()),
                     "Size": image.size,
                     "VirtualSize": image.size,
