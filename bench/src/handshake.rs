@@ -97,6 +97,31 @@ pub fn run(options: &Options, figures: &mut Vec<Figure>) -> Vec<Row> {
             }
         }
     }
+    // A resumed session must still carry the caller: the gateway takes the
+    // identity from the certificate rustls kept with the session, and a
+    // connection without one would be closed right after the handshake.
+    for s in series.iter().filter(|s| s.resume) {
+        let mut conn = mtls::tls(s.addr, s.config.clone()).expect("resumed connection");
+        let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        let status = conn.get("/_ping").map_or(0, |r| r.status);
+        eprintln!(
+            "handshake: {}: a call on a {} connection answered {status}",
+            s.server,
+            if resumed {
+                "resumed"
+            } else {
+                "full (not resumed)"
+            },
+        );
+        let mut figure = Figure::new(
+            "handshake",
+            format!("{} resumed: GET /_ping on a resumed connection", s.server),
+            f64::from(status),
+            "status",
+        );
+        figure.target = Some(("200, resumed".into(), resumed && status == 200));
+        figures.push(figure);
+    }
     eprintln!(
         "handshake: key exchange negotiated: {}",
         groups.into_iter().collect::<Vec<_>>().join(", ")

@@ -66,6 +66,13 @@ pub fn tls(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<TlsHttp> {
     Ok(Http::new(StreamOwned::new(conn, tcp)))
 }
 
+impl TlsHttp {
+    /// Whether the handshake was full or resumed.
+    pub fn handshake_kind(&self) -> Option<HandshakeKind> {
+        self.stream.conn.handshake_kind()
+    }
+}
+
 /// A connection to a Unix socket.
 pub fn unix(path: &Path) -> io::Result<Http<UnixStream>> {
     Ok(Http::new(UnixStream::connect(path)?))
