@@ -5,8 +5,9 @@ use crate::images::ImageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The registry refused the credentials (or wants some).
-    #[error("{registry}: unauthorized: {message}")]
+    /// The registry refused the credentials (or wants some); the message
+    /// says how (`unauthorized: authentication required`).
+    #[error("{registry}: {message}")]
     Unauthorized { registry: String, message: String },
 
     /// An image the store does not have (Docker's wording, complete).

@@ -273,13 +273,12 @@ pub async fn pull(
             platform.variant.as_deref(),
         )
     {
-        return Err(RegistryError::NotFound {
-            what: format!("image {}", reference.familiar()),
-            message: format!(
-                "it was found but does not match the specified platform: wanted {platform}, actual: {}/{}",
-                parsed.os, parsed.architecture
-            ),
-        });
+        return Err(RegistryError::Unsupported(format!(
+            "image with reference {} was found but does not match the specified platform: wanted {platform}, actual: {}/{}",
+            reference.familiar(),
+            parsed.os,
+            parsed.architecture
+        )));
     }
 
     let blobs = download_layers(&session, &store, &manifest.layers, progress).await?;

@@ -222,11 +222,14 @@ impl Session {
         let body = read_body(what, response, MAX_SMALL_BODY)
             .await
             .unwrap_or_default();
-        let message = error_message(&body).unwrap_or_else(|| {
-            status
+        let message = error_message(&body).unwrap_or_else(|| match status {
+            // A HEAD answer has no body to say it: Docker's words.
+            StatusCode::UNAUTHORIZED => "unauthorized: authentication required".into(),
+            StatusCode::FORBIDDEN => "denied: requested access to the resource is denied".into(),
+            _ => status
                 .canonical_reason()
                 .unwrap_or("unexpected answer")
-                .to_ascii_lowercase()
+                .to_ascii_lowercase(),
         });
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Unauthorized {
@@ -578,7 +581,11 @@ pub async fn fetch_token(
         return Err(match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Unauthorized {
                 registry: registry.to_owned(),
-                message,
+                message: if message.starts_with("unauthorized") {
+                    message
+                } else {
+                    format!("unauthorized: {message}")
+                },
             },
             _ => RegistryError::Status {
                 registry: registry.to_owned(),
