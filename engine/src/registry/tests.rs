@@ -222,7 +222,7 @@ async fn a_token_and_a_redirected_blob() {
     let manifest_digest = format!("sha256:{}", sha256_hex(&image.manifest));
     let by_digest = format!("127.0.0.1:{port}/team/app@{manifest_digest}");
     assert_eq!(pulled.digest, manifest_digest);
-    assert_eq!(details.repo_digests, [by_digest.clone()]);
+    assert_eq!(details.repo_digests, std::slice::from_ref(&by_digest));
     assert_eq!(store.resolve(&by_digest).unwrap(), pulled.id);
 
     let seen = registry.lock().unwrap().seen.clone();
