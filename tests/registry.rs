@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::engine::EngineProcess;
+use common::gateway::GatewayProcess;
 use common::registry::RegistryProcess;
 use serde_json::Value;
 
@@ -252,6 +253,60 @@ fn bearer_tokens_from_a_token_service_over_tls() {
         engine.docker_ok(&["run", "--rm", &image, "echo", "hi"]),
         "hi\n"
     );
+}
+
+#[test]
+fn login_push_and_pull_through_the_gateway_as_its_policy_allows() {
+    let registry = RegistryProcess::with_login("alice", "correct horse");
+    let gw = GatewayProcess::start();
+    let host = registry.host();
+    let operator = gw.issue("olivia", &["operator"]);
+    let developer = gw.issue("dave", &["developer"]);
+    let image = format!("{host}/team/app:1");
+    gw.docker_ok(&operator, &["tag", "busybox:test", &image]);
+
+    // docker login's body and X-Registry-Auth cross the gateway.
+    let mut child = gw
+        .docker_cmd(&operator)
+        .args(["login", "-u", "alice", "--password-stdin", &host])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gw.docker_ok(&operator, &["push", &image]);
+    assert!(out.contains("Pushed"), "{out}");
+    gw.docker_ok(&operator, &["rmi", &image]);
+    let out = gw.docker_ok(&operator, &["pull", &image]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(
+        gw.docker_ok(&operator, &["run", "--rm", &image, "echo", "hi"]),
+        "hi\n"
+    );
+
+    // docker login is audited, without its password.
+    let audit = serde_json::to_string(&gw.audit_records()).unwrap();
+    assert!(audit.contains("\"auth\""), "{audit}");
+    assert!(!audit.contains("correct horse"), "{audit}");
+
+    // A developer pulls only from Docker Hub's library and pushes nothing.
+    let err = gw.docker_err(&developer, &["pull", &image]);
+    assert!(err.contains("dave may not"), "{err}");
+    let err = gw.docker_err(&developer, &["push", &image]);
+    assert!(err.contains("dave may not"), "{err}");
 }
 
 #[test]
