@@ -60,6 +60,20 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The provider the gateway's servers use: the same, with the AES-128
+/// suites first, for the server to choose (see `ignore_client_order`).
+fn server_provider() -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| {
+        !matches!(
+            suite.suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    Arc::new(provider)
+}
+
 impl Pki {
     /// Reads what the gateway needs, checking the server key's permissions.
     pub fn server_material(&self) -> Result<ServerMaterial, PkiError> {
@@ -80,7 +94,7 @@ pub fn server_config(
     material: &ServerMaterial,
     options: &ServerOptions,
 ) -> Result<Arc<ServerConfig>, PkiError> {
-    let provider = provider();
+    let provider = server_provider();
     let roots = Arc::new(root_store(&material.ca_pem)?);
     let crls = CertificateRevocationListDer::pem_slice_iter(material.crl_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -109,6 +123,13 @@ pub fn server_config(
         .with_single_cert(certs(&material.cert_pem)?, private_key(&material.key_pem)?)
         .map_err(|e| PkiError::Tls(format!("server certificate: {e}")))?;
     config.alpn_protocols = options.alpn.clone();
+    // The server picks the suite: AES-128-GCM/SHA-256 first, the cheapest
+    // key schedule (the docker CLI prefers it too; rustls clients ask for
+    // AES-256/SHA-384 first).
+    config.ignore_client_order = true;
+    // One resumption ticket per handshake rather than two: resuming
+    // clients need one, and the docker CLI does not resume.
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 

@@ -14,8 +14,11 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::GatewayBody;
 
-/// How many idle connections the pool keeps.
-const POOL_IDLE: usize = 32;
+/// How many idle connections the pool keeps: enough for every call in
+/// flight at a busy moment, so a burst does not turn into a connect per
+/// call (measured: with 32 and 64 clients, one new engine connection every
+/// five calls).
+const POOL_IDLE: usize = 512;
 
 pub struct Engine {
     socket: PathBuf,

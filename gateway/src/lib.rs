@@ -74,7 +74,7 @@ pub struct Config {
 pub async fn run(
     config: Config,
     ready: impl FnOnce(SocketAddr),
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     // Policy first: a directory that exists but does not load stops the
     // gateway with the reason; there is no allow-all fallback.
@@ -195,7 +195,11 @@ pub async fn run(
         tokio::spawn(enrollment.serve(listener, enroll_tls, std::future::pending()));
     }
     ready(address);
-    server.serve(listener, shutdown).await;
+    // The accept loop runs as a task on the runtime's workers rather than
+    // on the thread that blocks on `run` (which parks between connections).
+    tokio::spawn(server.serve(listener, shutdown))
+        .await
+        .context("the accept loop")?;
     audit.close().await.context("closing the audit log")?;
     Ok(())
 }

@@ -72,6 +72,21 @@ pub fn narrow_query(query: &Query, raw: Option<&str>, user: &str) -> Result<Stri
     Ok(out)
 }
 
+/// The query string with every `key=...` replaced by one `key=value`.
+pub fn replace_param(raw: Option<&str>, key: &str, value: &str) -> String {
+    let mut out = String::new();
+    for part in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        if part.split_once('=').map_or(part, |(k, _)| k) != key {
+            out.push_str(part);
+            out.push('&');
+        }
+    }
+    out.push_str(key);
+    out.push('=');
+    out.push_str(&encode(value));
+    out
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 fn encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3);
@@ -136,6 +151,17 @@ mod tests {
         }
         assert!(stamp_owner(br#"{"Labels":[]}"#, "alice").is_err());
         assert!(stamp_owner(b"[]", "alice").is_err());
+    }
+
+    #[test]
+    fn a_parameter_is_replaced_once() {
+        let out = replace_param(
+            Some("repo=a&container=web&container=x&tag=1"),
+            "container",
+            "abc",
+        );
+        assert_eq!(out, "repo=a&tag=1&container=abc");
+        assert_eq!(replace_param(None, "container", "a b"), "container=a%20b");
     }
 
     #[test]

@@ -393,6 +393,22 @@ impl Gateway {
                     .map_err(|e| Refusal::deny(StatusCode::BAD_REQUEST, e))?;
                 Ok(format!("{}?{narrowed}", versioned_path(route, &route.path)))
             }
+            // `docker commit` names its container in the query.
+            (Action::ContainerCommit, _) => {
+                let Some(name) = query.get("container").filter(|c| !c.is_empty()) else {
+                    return Ok(target.to_owned());
+                };
+                let owned = self.container(name).await.map_err(unavailable)?;
+                let owned = owned.ok_or_else(|| {
+                    Refusal::error(StatusCode::NOT_FOUND, format!("No such container: {name}"))
+                })?;
+                if !owned.is_owned_by(user) {
+                    requirements.extend(Requirement::on_others(ObjectKind::Container));
+                }
+                let query =
+                    ownership::replace_param(route.query.as_deref(), "container", &owned.id);
+                Ok(format!("{}?{query}", versioned_path(route, &route.path)))
+            }
             (_, Some(Object::Container(name))) => {
                 let owned = self.container(name).await.map_err(unavailable)?;
                 let owned = owned.ok_or_else(|| {
