@@ -165,6 +165,9 @@ pub fn run(args: GatewayArgs, state: &StateRoot) -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        // Colours only on a terminal: `moat up` and service managers write
+        // the log to a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
