@@ -143,6 +143,8 @@ pub struct Runtime {
     names: Mutex<()>,
     /// One lock per container, held across each lifecycle operation.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// A shim started ahead of time, for the next start.
+    spare_shim: Arc<Mutex<Option<SpareShim>>>,
 }
 
 impl Runtime {
@@ -170,6 +172,7 @@ impl Runtime {
             config,
             names: Mutex::new(()),
             locks: Mutex::new(HashMap::new()),
+            spare_shim: Arc::new(Mutex::new(None)),
         };
         runtime.recover()?;
         Ok(runtime)
@@ -429,13 +432,8 @@ impl Runtime {
             let _ = fs::remove_file(dir.join(file));
         }
         let _ = fs::remove_dir_all(self.run_dir(id));
-        let output = Command::new(&self.config.shim_binary)
-            .arg("shim")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
+        let output = self
+            .run_shim(&dir)
             .map_err(|e| EngineError::runtime(id, format!("starting the shim: {e}")))?;
         if !output.status.success() {
             let mut message = String::from_utf8_lossy(&output.stderr).trim().to_owned();
@@ -456,6 +454,38 @@ impl Runtime {
             self.remove_after_exit(id);
         }
         Ok(streams)
+    }
+
+    /// Runs `moat shim DIR` and returns its report: through the spare shim
+    /// when there is one (its exec and start-up are already done), then
+    /// starts the next spare on a thread of its own.
+    fn run_shim(&self, dir: &Path) -> std::io::Result<std::process::Output> {
+        let spare = self
+            .spare_shim
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let output = match spare.and_then(SpareShim::ready).and_then(|s| s.run(dir)) {
+            Some(output) => output,
+            None => Command::new(&self.config.shim_binary)
+                .arg("shim")
+                .arg(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output(),
+        };
+        let slot = self.spare_shim.clone();
+        let binary = self.config.shim_binary.clone();
+        std::thread::spawn(move || {
+            if let Ok(spare) = SpareShim::spawn(&binary) {
+                let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                if slot.is_none() {
+                    *slot = Some(spare);
+                }
+            }
+        });
+        output
     }
 
     /// AutoRemove: a watcher waits for the exit and removes the container.
@@ -969,6 +999,59 @@ pub fn parse_signal(name: &str) -> Option<i32> {
     full.parse::<nix::sys::signal::Signal>()
         .ok()
         .map(|s| s as i32)
+}
+
+/// `moat shim -` started ahead of time: exec'd, linked and waiting on its
+/// stdin for the state directory of the container it is to run, so that a
+/// start does not wait for the binary to load.
+struct SpareShim {
+    child: Option<std::process::Child>,
+}
+
+impl SpareShim {
+    fn spawn(binary: &Path) -> std::io::Result<SpareShim> {
+        let child = Command::new(binary)
+            .arg("shim")
+            .arg(shim::SPARE)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(SpareShim { child: Some(child) })
+    }
+
+    /// Still waiting (not killed meanwhile).
+    fn ready(mut self) -> Option<SpareShim> {
+        let waiting = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        waiting.then_some(self)
+    }
+
+    /// Hands it the state directory; its report, as `Command::output` gives
+    /// one, or `None` when it was gone before it could take the directory.
+    fn run(mut self, dir: &Path) -> Option<std::io::Result<std::process::Output>> {
+        use std::io::Write;
+        let mut line = dir.as_os_str().as_bytes().to_vec();
+        line.push(b'\n');
+        let mut stdin = self.child.as_mut()?.stdin.take()?;
+        if stdin.write_all(&line).is_err() {
+            return None;
+        }
+        drop(stdin);
+        Some(self.child.take()?.wait_with_output())
+    }
+}
+
+impl Drop for SpareShim {
+    /// An unused spare reads end-of-file and exits; it is reaped here.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Waits (bounded) until the shim `pid` of the container in `state_dir`

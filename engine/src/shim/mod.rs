@@ -94,9 +94,30 @@ pub struct ShimConfig {
     pub log_max_files: u32,
 }
 
+/// The state directory argument of a shim started ahead of time: it reads
+/// the real one from stdin (and exits quietly at end-of-file).
+pub const SPARE: &str = "-";
+
 /// `moat shim STATE_DIR`: forks the shim proper, waits until it has created
 /// the container (or failed to), reports that on stdout, and exits.
 pub fn main(state_dir: &Path) -> i32 {
+    let given;
+    let state_dir = if state_dir == Path::new(SPARE) {
+        let mut line = Vec::new();
+        match std::io::BufRead::read_until(&mut std::io::stdin().lock(), b'\n', &mut line) {
+            Ok(0) | Err(_) => return 0,
+            Ok(_) => {}
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        given = PathBuf::from(std::ffi::OsString::from(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&line),
+        ));
+        given.as_path()
+    } else {
+        state_dir
+    };
     let (ready_r, ready_w) = match nix::unistd::pipe() {
         Ok(p) => p,
         Err(e) => {
