@@ -407,7 +407,12 @@ impl Session {
         let request = builder
             .body(body)
             .map_err(|e| RegistryError::protocol("blob upload", e))?;
-        let response = self.transport.send_streaming(&origin, request).await?;
+        // Ten minutes, and a second more per 100 kB.
+        let limit = std::time::Duration::from_secs(600 + size / 100_000);
+        let response = self
+            .transport
+            .send_streaming(&origin, request, limit)
+            .await?;
         if response.status() != StatusCode::CREATED {
             return Err(self.failure(&format!("blob {digest}"), response).await);
         }

@@ -218,14 +218,16 @@ impl Transport {
     }
 
     /// Sends a request with a streamed body (an upload) on a new
-    /// connection, waiting as long as the upload takes.
+    /// connection, giving up after `limit` (a registry that stops reading
+    /// would otherwise hold the push forever).
     pub async fn send_streaming(
         &self,
         origin: &Origin,
         request: Request<Body>,
+        limit: Duration,
     ) -> Result<Response<Incoming>, RegistryError> {
         let sender = self.connect(origin).await?;
-        self.send_on(origin, sender, request, None).await
+        self.send_on(origin, sender, request, Some(limit)).await
     }
 
     fn checkout(&self, origin: &Origin) -> Option<SendRequest<Body>> {
