@@ -155,14 +155,27 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-/// Replaces the value of every `NAME=value` in an `Env` array, at any
-/// depth, with `<redacted>`.
+/// Keys whose values are credentials wherever they appear.
+const SECRET_KEYS: [&str; 6] = [
+    "password",
+    "identitytoken",
+    "registrytoken",
+    "auth",
+    "token",
+    "secret",
+];
+
+/// Replaces the value of every `NAME=value` in an `Env` array, and every
+/// credential field, at any depth, with `<redacted>`.
 fn redact(mut value: Value) -> Value {
     fn walk(value: &mut Value) {
         match value {
             Value::Object(map) => {
                 for (key, child) in map.iter_mut() {
-                    if key == "Env" {
+                    // Credentials (`/auth`, registry configs): the value goes.
+                    if SECRET_KEYS.iter().any(|k| key.eq_ignore_ascii_case(k)) {
+                        *child = Value::String("<redacted>".into());
+                    } else if key == "Env" {
                         if let Value::Array(items) = child {
                             for item in items {
                                 if let Value::String(entry) = item {
@@ -202,6 +215,16 @@ mod tests {
         );
         assert_eq!(out["Nested"][0]["Env"], serde_json::json!(["A=<redacted>"]));
         assert_eq!(out["Cmd"][1], "TOKEN=visible");
+
+        let login = redact(serde_json::json!({
+            "username": "ci", "password": "hunter2", "serveraddress": "r.example",
+            "IdentityToken": "t0k", "nested": {"auth": "YWJj"},
+        }));
+        assert_eq!(login["username"], "ci");
+        assert_eq!(login["password"], "<redacted>");
+        assert_eq!(login["IdentityToken"], "<redacted>");
+        assert_eq!(login["nested"]["auth"], "<redacted>");
+        assert!(!login.to_string().contains("hunter2"));
         assert!(!out.to_string().contains("s3cret"));
     }
 }
