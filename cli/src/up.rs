@@ -45,6 +45,10 @@ pub struct UpArgs {
     /// [default: $SUDO_USER, else admin]
     #[arg(long, value_name = "NAME")]
     admin: Option<String>,
+    /// A registry the engine may reach without verified TLS (repeatable; the
+    /// engine's --insecure-registry)
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
     /// Do not create or update the `moat` docker context
     #[arg(long)]
     no_context: bool,
@@ -88,7 +92,12 @@ pub fn run(args: UpArgs, state: &StateRoot) -> Result<()> {
             .arg("--socket")
             .arg(&args.socket)
             .arg("--run-root")
-            .arg(&args.run_root),
+            .arg(&args.run_root)
+            .args(
+                args.insecure_registries
+                    .iter()
+                    .flat_map(|r| ["--insecure-registry", r.as_str()]),
+            ),
         &engine_log,
     )?);
     wait_until(
