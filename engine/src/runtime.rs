@@ -37,6 +37,7 @@ use moat_api::container::ContainerConfig;
 
 const RECORD: &str = "container.json";
 const TMP_PREFIX: &str = ".creating-";
+const REMOVING_PREFIX: &str = ".removing-";
 /// The longest run directory that leaves room for `<64-char id>/attach.sock`
 /// within the 108 bytes of a Unix socket path.
 const MAX_RUN_ROOT_LEN: usize = 40;
@@ -203,13 +204,14 @@ impl Runtime {
         locks.entry(id.to_owned()).or_default().clone()
     }
 
-    /// Half-created containers are removed; containers whose shim died
-    /// without recording an exit are marked as exited with an error.
+    /// Half-created and half-removed containers are removed; containers
+    /// whose shim died without recording an exit are marked as exited with
+    /// an error.
     fn recover(&self) -> Result<()> {
         let dir = self.containers_dir();
         for entry in fs::read_dir(&dir).map_err(EngineError::io(&dir))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(TMP_PREFIX) {
+            if name.starts_with(TMP_PREFIX) || name.starts_with(REMOVING_PREFIX) {
                 let _ = fs::remove_dir_all(entry.path());
                 continue;
             }
@@ -625,8 +627,15 @@ impl Runtime {
             let _ = self.wait_timeout(id, Duration::from_secs(10));
         }
         let _names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        // The container is gone at once (a rename out of the store); its
+        // files, a writable layer of any size among them, go on a thread of
+        // their own, or at the next start if the engine dies first.
         let dir = self.dir(id);
-        fs::remove_dir_all(&dir).map_err(EngineError::io(&dir))?;
+        let trash = self.containers_dir().join(format!("{REMOVING_PREFIX}{id}"));
+        fs::rename(&dir, &trash).map_err(EngineError::io(&dir))?;
+        std::thread::spawn(move || {
+            let _ = fs::remove_dir_all(&trash);
+        });
         let _ = fs::remove_dir_all(self.run_dir(id));
         self.locks
             .lock()
