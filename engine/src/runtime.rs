@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
+use std::io::{ErrorKind, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -498,7 +498,7 @@ impl Runtime {
         std::thread::spawn(move || {
             // The shim may be gone already (a short-lived container): then
             // its exit status is on disk.
-            let exited = wait_on(&socket).is_ok() || {
+            let exited = matches!(wait_on(&socket, None), Ok(Some(_))) || {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while !dir.join(EXIT_STATUS).exists() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
@@ -552,20 +552,23 @@ impl Runtime {
     pub fn wait(&self, id: &str) -> Result<ExitStatus> {
         self.record(id)?;
         let socket = self.run_dir(id).join(CONTROL_SOCKET);
-        match wait_on(&socket) {
-            Ok(status) => Ok(status),
-            Err(_) => self.exit_status(id),
+        match wait_on(&socket, None) {
+            Ok(Some(status)) => Ok(status),
+            _ => self.exit_status(id),
         }
     }
 
+    /// Waits up to `timeout` for the container's exit. The shim answers a
+    /// wait once the exit is recorded and the cgroups are gone; without a
+    /// shim to ask (it has answered everyone and gone), `exit.json` says.
     fn wait_timeout(&self, id: &str, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
+        if let Ok(status) = wait_on(&self.run_dir(id).join(CONTROL_SOCKET), Some(timeout)) {
+            return status;
+        }
         loop {
             if let Ok(status) = fsutil::read_json::<ExitStatus>(&self.dir(id).join(EXIT_STATUS)) {
-                // The shim records the exit, then cleans up; wait for that too.
-                if !self.run_dir(id).join(CONTROL_SOCKET).exists() {
-                    return Some(status);
-                }
+                return Some(status);
             }
             if Instant::now() >= deadline {
                 return None;
@@ -954,17 +957,29 @@ fn last_error_line(log: &Path) -> Option<String> {
     )
 }
 
-/// Asks a shim to answer once its container has exited.
-fn wait_on(socket: &Path) -> std::result::Result<ExitStatus, String> {
+/// Asks a shim to answer once its container has exited; `None` when
+/// `timeout` passes first. An error when there is no shim to ask.
+fn wait_on(
+    socket: &Path,
+    timeout: Option<Duration>,
+) -> std::result::Result<Option<ExitStatus>, String> {
+    use std::io::BufRead;
     let mut stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
     write_json_line(&mut stream, &Request::Wait).map_err(|e| e.to_string())?;
-    match read_json_line::<Response>(&mut stream)? {
-        Response::Exited(status) => {
-            // The shim exits right after answering; let it finish cleaning up.
-            let mut rest = Vec::new();
-            let _ = stream.read_to_end(&mut rest);
-            Ok(status)
+    stream
+        .set_read_timeout(timeout.filter(|t| !t.is_zero()))
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    match std::io::BufReader::new(&stream).read_line(&mut line) {
+        Ok(0) => return Err("the shim closed the connection".into()),
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            return Ok(None);
         }
+        Err(e) => return Err(e.to_string()),
+    }
+    match serde_json::from_str::<Response>(&line) {
+        Ok(Response::Exited(status)) => Ok(Some(status)),
         other => Err(format!("unexpected answer {other:?}")),
     }
 }
