@@ -40,6 +40,11 @@ pub struct EngineArgs {
     /// registries (127.0.0.0/8, localhost, ::1) always are
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
+    /// Let `docker build --network host` run RUN steps in the host's
+    /// network namespace (the gateway's policy also requires
+    /// `host.network`); without it such builds are refused
+    #[arg(long)]
+    allow_build_host_network: bool,
 }
 
 pub fn run(args: EngineArgs, state: &StateRoot) -> Result<()> {
@@ -79,7 +84,15 @@ pub fn run(args: EngineArgs, state: &StateRoot) -> Result<()> {
     let registries = RegistryConfig {
         insecure: args.insecure_registries.clone(),
     };
-    let engine = Arc::new(Engine::new(runtime, images).with_registry(registries));
+    let build = moat_engine::server::BuildConfig {
+        allow_host_network: args.allow_build_host_network,
+        ..Default::default()
+    };
+    let engine = Arc::new(
+        Engine::new(runtime, images)
+            .with_registry(registries)
+            .with_build(build),
+    );
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,6 +10,7 @@
 //! - [`server`]: the Docker Engine API on a Unix socket.
 //! - [`images`]: the image store (OCI layout, unpacked layers per remap root).
 //! - [`registry`]: a client of the OCI distribution API (pull, push, login).
+//! - [`build`]: `docker build` (the classic builder): Dockerfile, context, cache.
 //! - [`runtime`]: the container store and lifecycle, through the shims.
 //! - [`shim`]: the per-container process that runs it with libcontainer.
 //! - [`logs`]: Docker's json-file log format.
@@ -18,6 +19,7 @@
 
 #![recursion_limit = "256"]
 
+pub mod build;
 pub mod busybox;
 pub mod caps;
 pub mod cgroups;

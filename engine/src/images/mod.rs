@@ -24,8 +24,10 @@
 //! - `distribution`: what `docker pull` and `push` need (verified blobs,
 //!   checked layers, a pulled image added whole, an image opened to push).
 //! - `remove`: `docker rmi` and `docker image prune`, and what they free.
+//! - `built`: what `docker build` needs (steps' images, the build cache).
 
 mod archive;
+mod built;
 mod distribution;
 mod error;
 mod import;
@@ -42,6 +44,7 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub use built::{BUILD_CACHE_ANNOTATION, BuildImage, BuildLayer};
 pub use distribution::{
     BlobWriter, CheckedLayer, PulledImage, PushLayer, PushSource, VerifiedBlob,
 };

@@ -115,7 +115,7 @@ impl ImageStore {
     /// Deletes the blobs and unpacked layers that no image of `catalog`
     /// (the index as just written) needs, and leftovers of interrupted
     /// unpacking. Returns the bytes freed.
-    fn collect_garbage(&self, catalog: &Catalog, _lock: &StoreLock) -> Result<u64> {
+    pub(super) fn collect_garbage(&self, catalog: &Catalog, _lock: &StoreLock) -> Result<u64> {
         self.forget_repo_digests(catalog)?;
         let mut blobs: HashSet<Digest> = HashSet::new();
         let mut layers: HashSet<String> = HashSet::new();
@@ -132,6 +132,7 @@ impl ImageStore {
                 self.mark_reachable(&digest, descriptor.media_type().as_ref(), &mut blobs, 0);
             }
         }
+        layers.extend(self.build_cache_diff_ids(catalog));
         let mut freed = 0;
         let dir = self.layout.blobs_dir();
         for entry in fs::read_dir(dir).map_err(ImageError::io(dir))? {

@@ -8,6 +8,7 @@
 //! status codes.
 
 mod archive;
+mod build;
 mod containers;
 mod events;
 mod exec;
@@ -36,6 +37,7 @@ use crate::registry::{Registry, RegistryConfig};
 use crate::runtime::Runtime;
 use crate::shim::protocol::{AttachHeader, ExitStatus};
 
+pub use build::BuildConfig;
 pub use events::Events;
 
 /// The largest JSON body the engine reads (a create body is a few KiB).
@@ -47,6 +49,8 @@ pub struct Engine {
     pub images: Arc<ImageStore>,
     pub registry: Arc<Registry>,
     pub events: Events,
+    /// What builds may do.
+    pub build: BuildConfig,
     execs: Mutex<HashMap<String, exec::ExecRecord>>,
     /// Attach requests made before their container started (`docker run`).
     pending_attach: Mutex<HashMap<String, Vec<PendingAttach>>>,
@@ -70,11 +74,14 @@ pub enum Lifecycle {
 
 impl Engine {
     pub fn new(runtime: Runtime, images: ImageStore) -> Engine {
+        // What builds of a previous engine left (it died mid-build).
+        crate::build::recover(&runtime, &runtime.config().state_root);
         Engine {
             runtime: Arc::new(runtime),
             images: Arc::new(images),
             registry: Arc::new(Registry::new(RegistryConfig::default())),
             events: Events::new(),
+            build: BuildConfig::default(),
             execs: Mutex::new(HashMap::new()),
             pending_attach: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
@@ -84,6 +91,12 @@ impl Engine {
     /// Which registries are insecure (`--insecure-registry`).
     pub fn with_registry(mut self, config: RegistryConfig) -> Engine {
         self.registry = Arc::new(Registry::new(config));
+        self
+    }
+
+    /// What builds may do (`--allow-build-host-network`).
+    pub fn with_build(mut self, config: BuildConfig) -> Engine {
+        self.build = config;
         self
     }
 
@@ -328,10 +341,9 @@ async fn dispatch(engine: Arc<Engine>, call: Call) -> ApiResult {
         ImageSave => images::save(engine, call).await,
         ImagePush => registry::push(engine, call).await,
         Auth => registry::auth(engine, call).await,
-        Build => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            format!("{} is not supported by moat yet", call.route.action),
-        )),
+        Build => build::build(engine, call).await,
+        BuildPrune => build::prune(engine, call).await,
+        Session | Grpc => build::buildkit(),
 
         other => Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
