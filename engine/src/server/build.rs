@@ -225,8 +225,16 @@ impl Puller for RegistryPuller {
 
 /// `POST /build`.
 pub async fn build(engine: Arc<Engine>, call: Call) -> ApiResult {
-    let options = options(&call, &engine.build)?;
-    let auths = registry_config(&call)?;
+    let checked = options(&call, &engine.build).and_then(|o| Ok((o, registry_config(&call)?)));
+    let (options, auths) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            // The client is still sending its context: read it first, or
+            // it sees a broken pipe instead of the reason.
+            drain(call.request.into_body()).await;
+            return Err(e);
+        }
+    };
     let reader = BodyReader::new(call.request.into_body());
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let output = Output::new(tx, options.quiet);
@@ -240,7 +248,15 @@ pub async fn build(engine: Arc<Engine>, call: Call) -> ApiResult {
             let context_dir = work.join("context");
             std::fs::create_dir_all(&context_dir)
                 .map_err(|e| BuildError::Engine(format!("{}: {e}", context_dir.display())))?;
-            let context = context::unpack(reader, &context_dir, &options.dockerfile, limits)?;
+            let mut reader = reader;
+            let context = context::unpack(&mut reader, &context_dir, &options.dockerfile, limits)
+                .inspect_err(|_| {
+                // Read what the client still sends, so it sees the error.
+                let _ = std::io::copy(
+                    &mut std::io::Read::take(&mut reader, 256 << 20),
+                    &mut std::io::sink(),
+                );
+            })?;
             let builder = Builder {
                 images: engine2.images.clone(),
                 runtime: engine2.runtime.clone(),
@@ -276,6 +292,19 @@ pub async fn build(engine: Arc<Engine>, call: Call) -> ApiResult {
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// Reads and drops a refused request's body, up to a bound.
+async fn drain(mut body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut left: usize = 256 << 20;
+    while let Some(Ok(frame)) = body.frame().await {
+        let n = frame.data_ref().map_or(0, |d| d.len());
+        if n >= left {
+            return;
+        }
+        left -= n;
+    }
 }
 
 /// `POST /build/prune` (`docker builder prune`): the whole cache goes.
