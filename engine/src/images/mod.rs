@@ -154,8 +154,8 @@ pub struct ImageSummary {
     /// Bytes of the image's layer blobs as stored.
     pub size: u64,
     pub labels: BTreeMap<String, String>,
-    /// Always `None`: images here have no parent chain (nothing is built
-    /// locally).
+    /// Always `None`: images here have no parent chain (a build's steps
+    /// are images of the build cache, not parents).
     pub parent: Option<ImageId>,
 }
 
