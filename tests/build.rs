@@ -13,6 +13,7 @@ use std::process::Output;
 use std::time::Instant;
 
 use common::engine::EngineProcess;
+use common::gateway::GatewayProcess;
 use common::registry::RegistryProcess;
 
 fn engine_with_busybox() -> EngineProcess {
@@ -394,4 +395,53 @@ fn an_image_built_from_a_pulled_base_is_pushed_and_pulled_again() {
         "{out}"
     );
     assert!(out.contains("Using cache"), "{out}");
+}
+
+#[test]
+fn a_build_through_the_gateway_as_its_policy_allows() {
+    let gw = GatewayProcess::start();
+    let operator = gw.issue("olivia", &["operator"]);
+    let developer = gw.issue("dave", &["developer"]);
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        "Dockerfile",
+        "FROM busybox:test\nCOPY note.txt /note.txt\nRUN wc -c < /note.txt > /size\nCMD cat /note.txt /size\n",
+    );
+    write(ctx.path(), "note.txt", "through the gateway\n");
+    let build = |certs: &Path, args: &[&str]| {
+        gw.docker_cmd(certs)
+            .env("DOCKER_BUILDKIT", "0")
+            .arg("build")
+            .args(args)
+            .arg(ctx.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = build(&operator, &["-t", "team/app:1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Successfully tagged team/app:1"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        gw.docker_ok(&operator, &["run", "--rm", "team/app:1"]),
+        "through the gateway\n20\n"
+    );
+    // A developer may not build; an operator may not give RUN the host's
+    // network (host.network), whatever the engine allows.
+    let out = build(&developer, &["-t", "team/app:2"]);
+    assert!(
+        !out.status.success() && text(&out).contains("dave may not"),
+        "{}",
+        text(&out)
+    );
+    let out = build(&operator, &["--network", "host", "-t", "team/app:3"]);
+    assert!(
+        !out.status.success() && text(&out).contains("olivia may not"),
+        "{}",
+        text(&out)
+    );
 }
