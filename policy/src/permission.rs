@@ -147,9 +147,9 @@ privileges! {
     /// Unmask /proc and /sys paths Docker masks.
     SystempathsUnconfined = "security.systempaths_unconfined", Any, "`systempaths=unconfined` in `HostConfig.SecurityOpt`";
     /// Run a container from an image in this repository.
-    ImageUse = "image.use", Repository, "`Image` (create)";
+    ImageUse = "image.use", Repository, "`Image` (create); `*` for every build (its `FROM` is in the context, unread)";
     /// Pull from this repository.
-    ImagePull = "image.pull", Repository, "`fromImage` and `tag` (image.create)";
+    ImagePull = "image.pull", Repository, "`fromImage` and `tag` (image.create); `*` for every build (its `FROM` may pull)";
     /// Give an image a name in this repository (images are shared, so a name can shadow another user's image).
     ImageName = "image.name", Repository, "`repo`/`tag` (image.tag, container.commit, image.create import); each `t` (build)";
     /// Import an image from this source (`-` for the request body, else a URL the engine fetches).

@@ -131,6 +131,12 @@ const CLIENT_SESSION: &str = "client-session";
 /// the gateway does not examine (see docs/policy.md).
 pub(super) fn build(query: &Query, needs: &mut Needs) -> Result<(), DeriveError> {
     needs.push(Action::Build, "*");
+    // The Dockerfile's FROM and COPY --from name images the engine pulls
+    // and runs, and they are inside the streamed context the gateway does
+    // not read: a build needs pull and use of any repository, so a role
+    // limited to some registries cannot reach others through a build.
+    needs.push(Permission::ImagePull, "*");
+    needs.push(Permission::ImageUse, "*");
     for name in query.get_all("t").filter(|t| !t.is_empty()) {
         let repository = image_ref::repository(name).map_err(query_error("t"))?;
         needs.push(Permission::ImageName, repository);

@@ -420,6 +420,8 @@ fn builds() {
         ),
         vec![
             "build",
+            "image.pull",
+            "image.use",
             "image.name:docker.io/library/app",
             "image.name:quay.io/x/y",
             "build.remote:https://github.com/x/y.git",
@@ -429,7 +431,7 @@ fn builds() {
     );
     assert_eq!(
         derived("POST", "/build?remote=client-session&version=2", None),
-        vec!["build"]
+        vec!["build", "image.pull", "image.use"]
     );
     assert!(
         refused("POST", "/build?networkmode=container:x", None)
