@@ -548,3 +548,83 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// Issue 7's flow through the gateway: a CI identity whose role may build,
+/// and push only to `team/*`, builds a multi-stage image for the registry,
+/// runs it, pushes it, removes it, pulls it and runs it again; it is
+/// refused a push outside `team/*`, and a developer is refused a pull from
+/// a registry their role does not list.
+#[test]
+fn build_push_pull_and_run_through_the_gateway_within_the_policy() {
+    let registry = RegistryProcess::anonymous();
+    let gw = GatewayProcess::start();
+    let host = registry.host();
+    let admin = gw.issue("root", &["admin"]);
+    let developer = gw.issue("dave", &["developer"]);
+    let ci = gw.issue("ci", &["ci"]);
+
+    let policy = gw.state().join("policy/policy.csv");
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text.push_str(&format!(
+        "\n# A CI role: builds (which pulls anything), pushes only to team/*.\n\
+         g, group:ci, ci\ng, ci, developer\n\
+         p, ci, build, *, allow\np, ci, image.create, *, allow\np, ci, image.pull, *, allow\np, ci, image.use, *, allow\n\
+         p, ci, image.name, {host}/team/*, allow\np, ci, image.push, {host}/team/*, allow\n\
+         p, ci, image.remove, {host}/team/*, allow\n"
+    ));
+    std::fs::write(&policy, text).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gw.log().contains("reloaded the policy") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM busybox:test AS build\nRUN echo built in stage one > /out.txt\n\
+         FROM busybox:test\nCOPY --from=build /out.txt /out.txt\nCMD [\"cat\", \"/out.txt\"]\n",
+    )
+    .unwrap();
+    let image = format!("{host}/team/app:1");
+    let out = gw
+        .docker_cmd(&ci)
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-t", &image])
+        .arg(context.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        gw.docker_ok(&ci, &["run", "--rm", &image]),
+        "built in stage one\n"
+    );
+    let pushed = gw.docker_ok(&ci, &["push", &image]);
+    assert!(pushed.contains("digest: sha256:"), "{pushed}");
+    gw.docker_ok(&ci, &["rmi", &image]);
+    let pulled = gw.docker_ok(&ci, &["pull", &image]);
+    assert!(pulled.contains("Downloaded newer image"), "{pulled}");
+    assert_eq!(
+        gw.docker_ok(&ci, &["run", "--rm", &image]),
+        "built in stage one\n"
+    );
+
+    // Outside team/*: the admin names it, the CI identity may not push it.
+    let elsewhere = format!("{host}/other/app:1");
+    gw.docker_ok(&admin, &["tag", &image, &elsewhere]);
+    let err = gw.docker_err(&ci, &["push", &elsewhere]);
+    assert!(err.contains("ci may not image.push"), "{err}");
+
+    // A developer pulls from Docker Hub's library only.
+    let err = gw.docker_err(&developer, &["pull", &image]);
+    assert!(
+        err.contains("dave may not") && err.contains(&format!("image.pull:{host}/team/app")),
+        "{err}"
+    );
+}
