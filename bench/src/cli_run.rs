@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use crate::Options;
 use crate::stats::Row;
 
-struct Daemon {
+pub(crate) struct Daemon {
     name: &'static str,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
     child: Child,
 }
 
@@ -37,7 +37,7 @@ impl Drop for Daemon {
     }
 }
 
-fn docker(socket: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn docker(socket: &Path, args: &[&str]) -> std::process::Output {
     Command::new("docker")
         .env("DOCKER_HOST", format!("unix://{}", socket.display()))
         .env("DOCKER_CONFIG", "/var/tmp/moat-bench-docker-config")
@@ -59,7 +59,12 @@ fn wait_ready(daemon: &Daemon) -> bool {
     false
 }
 
-fn start(name: &'static str, socket: PathBuf, mut cmd: Command, log: &Path) -> Option<Daemon> {
+pub(crate) fn start(
+    name: &'static str,
+    socket: PathBuf,
+    mut cmd: Command,
+    log: &Path,
+) -> Option<Daemon> {
     let _ = std::fs::remove_file(&socket);
     let log = std::fs::File::create(log).ok()?;
     let child = cmd
@@ -77,7 +82,7 @@ fn start(name: &'static str, socket: PathBuf, mut cmd: Command, log: &Path) -> O
     wait_ready(&daemon).then_some(daemon)
 }
 
-fn which(program: &str) -> bool {
+pub(crate) fn which(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .stdout(Stdio::null())

@@ -24,11 +24,18 @@
 //!   their latency, 1000 users in 10 roles, cached and first-time.
 //! - `gateway-audit`: durably audited calls per second through the real
 //!   gateway with 8, 32 and 64 connections, every audit record counted.
+//! - `registry`: push and pull of a 100 MiB, 4-layer image of random bytes
+//!   to and from a local `docker-registry`, moat (docker CLI) against
+//!   `skopeo copy` and dockerd; held to 1.2x of skopeo.
+//! - `rebuild`: a no-change `DOCKER_BUILDKIT=0 docker build` of a small
+//!   multi-stage Dockerfile (every step cached) against dockerd's classic
+//!   builder, and the first, uncached build of each.
 
 mod audit;
 mod cli_run;
 mod gateway_audit;
 mod handshake;
+mod images;
 mod lifecycle;
 mod mtls;
 mod policy;
@@ -66,7 +73,7 @@ fn main() {
             "--work" => options.work = it.next().map(PathBuf::from).expect("--work DIR"),
             "-h" | "--help" => {
                 println!(
-                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli] [audit] [proxy] [handshake] [policy] [gateway-audit]"
+                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli] [audit] [proxy] [handshake] [policy] [gateway-audit] [registry] [rebuild]"
                 );
                 return;
             }
@@ -77,7 +84,17 @@ fn main() {
         scenarios.push("lifecycle".into());
         scenarios.push("cli".into());
         scenarios.push("audit".into());
-        scenarios.extend(["proxy", "handshake", "policy", "gateway-audit"].map(String::from));
+        scenarios.extend(
+            [
+                "proxy",
+                "handshake",
+                "policy",
+                "gateway-audit",
+                "registry",
+                "rebuild",
+            ]
+            .map(String::from),
+        );
     }
     // The audit scenario runs in this process; the others start `moat`.
     if scenarios.iter().any(|s| s != "audit") {
@@ -101,6 +118,8 @@ fn main() {
             "handshake" => rows.extend(handshake::run(&options, &mut figures)),
             "policy" => figures.extend(policy::run(&options)),
             "gateway-audit" => rows.extend(gateway_audit::run(&options, &mut figures)),
+            "registry" => rows.extend(images::registry(&options, &mut figures)),
+            "rebuild" => rows.extend(images::rebuild(&options)),
             other => {
                 eprintln!("unknown scenario {other:?}");
                 std::process::exit(2);
