@@ -321,12 +321,14 @@ fn container_and_image_commands() {
         needs("build -t quay.io/team/app:1 -t app -f Dockerfile.dev ."),
         [
             "build",
+            "image.pull",
+            "image.use",
             "image.name:quay.io/team/app",
             "image.name:docker.io/library/app"
         ]
     );
     assert_eq!(
-        needs("build --network host --cgroup-parent x .")[1..],
+        needs("build --network host --cgroup-parent x .")[3..],
         ["host.network", "container.cgroup_parent:x"]
     );
 }
