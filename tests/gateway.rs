@@ -292,6 +292,31 @@ fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 }
 
+/// Starts a container `long` as `bundle`'s user and opens a `docker exec`
+/// into it that would run for minutes.
+fn open_exec(gw: &GatewayProcess, bundle: &Path) -> std::process::Child {
+    gw.docker_ok(
+        bundle,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "long",
+            "busybox:test",
+            "sleep",
+            "300",
+        ],
+    );
+    let session = gw
+        .docker_cmd(bundle)
+        .args(["exec", "long", "sleep", "300"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    session
+}
+
 #[test]
 fn handshakes_without_a_good_certificate_are_refused() {
     let gw = GatewayProcess::start();
@@ -348,25 +373,7 @@ fn handshakes_without_a_good_certificate_are_refused() {
 
     // Revoked while the gateway runs: an open exec stream is closed and
     // new handshakes are refused, within seconds.
-    gw.docker_ok(
-        &alice,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "long",
-            "busybox:test",
-            "sleep",
-            "300",
-        ],
-    );
-    let mut session = gw
-        .docker_cmd(&alice)
-        .args(["exec", "long", "sleep", "300"])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut session = open_exec(&gw, &alice);
     gw.moat(&["certs", "revoke", "--user", "alice"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -594,25 +601,7 @@ fn the_gateway_runs_unprivileged() {
 fn a_policy_edit_takes_effect_and_a_locked_user_is_cut_off() {
     let gw = GatewayProcess::start();
     let alice = gw.issue("alice", &["developer"]);
-    gw.docker_ok(
-        &alice,
-        &[
-            "run",
-            "-d",
-            "--name",
-            "long",
-            "busybox:test",
-            "sleep",
-            "300",
-        ],
-    );
-    let mut session = gw
-        .docker_cmd(&alice)
-        .args(["exec", "long", "sleep", "300"])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut session = open_exec(&gw, &alice);
 
     // A broken edit is refused and the running policy stays.
     let policy = gw.state().join("policy/policy.csv");

@@ -297,7 +297,7 @@ impl Gateway {
                     .engine
                     .send_buffered(outbound)
                     .await
-                    .map_err(|e| Refusal::error(StatusCode::BAD_GATEWAY, e.to_string()))?;
+                    .map_err(bad_gateway)?;
                 let (head, bytes) = response.into_parts();
                 let outcome = Outcome {
                     decision: Decision::Allow,
@@ -316,7 +316,7 @@ impl Gateway {
                     .engine
                     .send_streaming(outbound)
                     .await
-                    .map_err(|e| Refusal::error(StatusCode::BAD_GATEWAY, e.to_string()))?;
+                    .map_err(bad_gateway)?;
                 let (head, incoming) = response.into_parts();
                 let status = head.status.as_u16();
                 let audit = self.audit.clone();
@@ -341,7 +341,7 @@ impl Gateway {
                 let client_upgrade = client_upgrade.expect("taken for hijacked actions");
                 crate::hijack::forward(self.clone(), conn.clone(), outbound, client_upgrade, record)
                     .await
-                    .map_err(|e| Refusal::error(StatusCode::BAD_GATEWAY, e.to_string()))
+                    .map_err(bad_gateway)
             }
         }
     }
@@ -501,6 +501,11 @@ impl Gateway {
             Err(err) => error_response(audit_refusal(err).status, &err_text(&record.audit_id)),
         }
     }
+}
+
+/// The engine did not answer: 502, and the record says why.
+fn bad_gateway(err: impl std::fmt::Display) -> Refusal {
+    Refusal::error(StatusCode::BAD_GATEWAY, err.to_string())
 }
 
 fn err_text(audit_id: &str) -> String {
