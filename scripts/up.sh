@@ -10,4 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo build --release --locked -p moat
-exec "$PWD/target/release/moat" up "$@"
+# On PATH, so the README's `moat certs ...`, `moat audit ...` and
+# `moat policy ...` work as written.
+install -m 0755 target/release/moat /usr/local/bin/moat
+exec /usr/local/bin/moat up "$@"
