@@ -82,6 +82,55 @@ pub(crate) fn start(
     wait_ready(&daemon).then_some(daemon)
 }
 
+/// How the dockerd peer is named in the tables.
+pub(crate) const DOCKERD: &str = "dockerd 20.10 (vfs, userns-remap)";
+
+/// dockerd configured as every scenario compares it: vfs storage, no
+/// iptables or bridge, `--userns-remap=default`; its data under
+/// `WORK/NAME`, its exec root (and containerd's sockets, which every
+/// containerd-shim names) under `/run/moat-bench-NAME`, its socket
+/// `/run/moat-bench-NAME.sock`.
+pub(crate) fn dockerd(work: &Path, name: &str) -> Option<Daemon> {
+    let socket = PathBuf::from(format!("/run/moat-bench-{name}.sock"));
+    let mut cmd = Command::new("dockerd");
+    cmd.arg("--data-root")
+        .arg(work.join(name))
+        .arg("--exec-root")
+        .arg(format!("/run/moat-bench-{name}"))
+        .arg("--pidfile")
+        .arg(format!("/run/moat-bench-{name}.pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--userns-remap=default",
+        ]);
+    start("dockerd", socket, cmd, &work.join(format!("{name}.log")))
+}
+
+/// Writes the busybox root the scenarios run, as a tar for `docker import`.
+pub(crate) fn busybox_tar(work: &Path) -> PathBuf {
+    let rootfs = work.join("rootfs");
+    moat_engine::busybox::write_rootfs(&rootfs).expect("busybox rootfs");
+    let tar = work.join("busybox.tar");
+    assert!(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success()
+    );
+    tar
+}
+
 pub(crate) fn which(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
@@ -98,20 +147,7 @@ pub fn run(options: &Options) -> Vec<Row> {
     std::fs::set_permissions(&options.work, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o711)).unwrap();
 
-    let rootfs = work.join("rootfs");
-    moat_engine::busybox::write_rootfs(&rootfs).expect("busybox rootfs");
-    let tar = work.join("busybox.tar");
-    assert!(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success()
-    );
+    let tar = busybox_tar(&work);
 
     let mut moat_cmd = Command::new(&options.moat);
     moat_cmd.arg("--state-root").arg(work.join("moat")).args([
@@ -131,28 +167,8 @@ pub fn run(options: &Options) -> Vec<Row> {
 
     let mut peers = Vec::new();
     if which("dockerd") {
-        let mut cmd = Command::new("dockerd");
-        cmd.arg("--data-root").arg(work.join("dockerd")).args([
-            "--exec-root",
-            "/run/moat-bench-dockerd",
-            "--pidfile",
-            "/run/moat-bench-dockerd.pid",
-            "-H",
-            "unix:///run/moat-bench-dockerd.sock",
-            "--storage-driver",
-            "vfs",
-            "--iptables=false",
-            "--ip-masq=false",
-            "--bridge=none",
-            "--userns-remap=default",
-        ]);
-        if let Some(d) = start(
-            "dockerd",
-            PathBuf::from("/run/moat-bench-dockerd.sock"),
-            cmd,
-            &work.join("dockerd.log"),
-        ) {
-            peers.push(("dockerd 20.10 (vfs, userns-remap)", d));
+        if let Some(d) = dockerd(&work, "dockerd") {
+            peers.push((DOCKERD, d));
         }
     } else {
         eprintln!("dockerd is not installed: no dockerd rows (bench/run.sh installs docker.io)");

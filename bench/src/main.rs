@@ -30,13 +30,20 @@
 //! - `rebuild`: a no-change `DOCKER_BUILDKIT=0 docker build` of a small
 //!   multi-stage Dockerfile (every step cached) against dockerd's classic
 //!   builder, and the first, uncached build of each.
+//! - `memory`: resident memory (PSS, and RSS) of moat's engine, gateway and
+//!   shims against dockerd, containerd and its shims, idle and with 100
+//!   running containers; the ratios and the cost per container.
+//! - `concurrent`: `docker run -d busybox:test sleep 60` ten times in
+//!   parallel through the CLI, until all ten run, against dockerd.
 
 mod audit;
 mod cli_run;
+mod concurrent;
 mod gateway_audit;
 mod handshake;
 mod images;
 mod lifecycle;
+mod memory;
 mod mtls;
 mod policy;
 mod proxy;
@@ -73,7 +80,7 @@ fn main() {
             "--work" => options.work = it.next().map(PathBuf::from).expect("--work DIR"),
             "-h" | "--help" => {
                 println!(
-                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli] [audit] [proxy] [handshake] [policy] [gateway-audit] [registry] [rebuild]"
+                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli] [audit] [proxy] [handshake] [policy] [gateway-audit] [registry] [rebuild] [memory] [concurrent]"
                 );
                 return;
             }
@@ -92,6 +99,8 @@ fn main() {
                 "gateway-audit",
                 "registry",
                 "rebuild",
+                "memory",
+                "concurrent",
             ]
             .map(String::from),
         );
@@ -120,6 +129,8 @@ fn main() {
             "gateway-audit" => rows.extend(gateway_audit::run(&options, &mut figures)),
             "registry" => rows.extend(images::registry(&options, &mut figures)),
             "rebuild" => rows.extend(images::rebuild(&options)),
+            "memory" => figures.extend(memory::run(&options)),
+            "concurrent" => rows.extend(concurrent::run(&options)),
             other => {
                 eprintln!("unknown scenario {other:?}");
                 std::process::exit(2);
