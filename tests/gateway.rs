@@ -317,6 +317,26 @@ fn open_exec(gw: &GatewayProcess, bundle: &Path) -> std::process::Child {
     session
 }
 
+/// A client bundle for alice from a CA the gateway does not trust.
+fn another_cas_bundle(gw: &GatewayProcess) -> std::path::PathBuf {
+    let other = gw.engine.path("other-pki");
+    let other = other.to_str().unwrap();
+    common::moat_ok(&["--state-root", other, "certs", "init", "--ip", "127.0.0.1"]);
+    let stranger = gw.engine.path("clients/stranger");
+    common::moat_ok(&[
+        "--state-root",
+        other,
+        "certs",
+        "issue",
+        "alice",
+        "--group",
+        "admin",
+        "--out",
+        stranger.to_str().unwrap(),
+    ]);
+    stranger
+}
+
 #[test]
 fn handshakes_without_a_good_certificate_are_refused() {
     let gw = GatewayProcess::start();
@@ -348,27 +368,7 @@ fn handshakes_without_a_good_certificate_are_refused() {
     assert!(raw(&gw, tls_client(Some(&expired_dir), &ca), ping.as_bytes()).is_err());
 
     // A certificate from another CA.
-    let other = gw.engine.path("other-pki");
-    common::moat_ok(&[
-        "--state-root",
-        other.to_str().unwrap(),
-        "certs",
-        "init",
-        "--ip",
-        "127.0.0.1",
-    ]);
-    let stranger = gw.engine.path("clients/stranger");
-    common::moat_ok(&[
-        "--state-root",
-        other.to_str().unwrap(),
-        "certs",
-        "issue",
-        "alice",
-        "--group",
-        "admin",
-        "--out",
-        stranger.to_str().unwrap(),
-    ]);
+    let stranger = another_cas_bundle(&gw);
     assert!(raw(&gw, tls_client(Some(&stranger), &ca), ping.as_bytes()).is_err());
 
     // Revoked while the gateway runs: an open exec stream is closed and
@@ -896,25 +896,7 @@ fn bearer_tokens_when_configured_and_only_then() {
 
     // A certificate still works, and is still checked.
     gw.docker_ok(&alice, &["version"]);
-    let other = gw.engine.path("other-pki");
-    common::moat_ok(&[
-        "--state-root",
-        other.to_str().unwrap(),
-        "certs",
-        "init",
-        "--ip",
-        "127.0.0.1",
-    ]);
-    let stranger = gw.engine.path("clients/stranger");
-    common::moat_ok(&[
-        "--state-root",
-        other.to_str().unwrap(),
-        "certs",
-        "issue",
-        "alice",
-        "--out",
-        stranger.to_str().unwrap(),
-    ]);
+    let stranger = another_cas_bundle(&gw);
     assert!(
         raw(
             &gw,

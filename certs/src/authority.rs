@@ -685,25 +685,7 @@ pub(crate) fn cert_der(pem: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enroll::key_and_csr;
-
-    fn pki() -> (tempfile::TempDir, Pki) {
-        let tmp = tempfile::tempdir().unwrap();
-        let config = PkiConfig {
-            server_ips: vec!["127.0.0.1".parse().unwrap()],
-            ..PkiConfig::default()
-        };
-        let pki = Pki::init(&tmp.path().join("pki"), config).unwrap();
-        (tmp, pki)
-    }
-
-    fn csr() -> String {
-        key_and_csr().unwrap().1
-    }
-
-    fn developer(user: &str) -> Subject {
-        Subject::new(user, &["developer".to_owned()]).unwrap()
-    }
+    use crate::testing::{csr, developer, pki};
 
     #[test]
     fn renewal_keeps_the_subject_and_takes_the_default_ttl() {

@@ -163,28 +163,10 @@ pub fn pin_matches(ca_pem: &str, pin: &str) -> Result<bool, PkiError> {
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::{csr, developer, pki};
     use time::Duration;
 
     use super::*;
-    use crate::{PkiConfig, Subject};
-
-    fn pki() -> (tempfile::TempDir, Pki) {
-        let tmp = tempfile::tempdir().unwrap();
-        let config = PkiConfig {
-            server_ips: vec!["127.0.0.1".parse().unwrap()],
-            ..PkiConfig::default()
-        };
-        let pki = Pki::init(&tmp.path().join("pki"), config).unwrap();
-        (tmp, pki)
-    }
-
-    fn csr() -> String {
-        key_and_csr().unwrap().1
-    }
-
-    fn developer(user: &str) -> Subject {
-        Subject::new(user, &["developer".to_owned()]).unwrap()
-    }
 
     fn parse(line: &str) -> SignerRequest {
         serde_json::from_str(line).unwrap()

@@ -35,6 +35,9 @@ pub mod tls;
 pub mod tokens;
 pub mod ttl;
 
+#[cfg(test)]
+mod testing;
+
 pub use authority::{Bundle, Issued, Pki, PkiConfig, Validity};
 pub use error::PkiError;
 pub use index::{CertKind, CertStatus, IssuedCert};

@@ -160,22 +160,12 @@ fn rfc3339(t: OffsetDateTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::pki;
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::PkiConfig;
     use crate::enroll::key_and_csr;
     use crate::inspect::CertSummary;
-
-    fn pki() -> (tempfile::TempDir, Pki) {
-        let tmp = tempfile::tempdir().unwrap();
-        let config = PkiConfig {
-            server_ips: vec!["127.0.0.1".parse().unwrap()],
-            ..PkiConfig::default()
-        };
-        let pki = Pki::init(&tmp.path().join("pki"), config).unwrap();
-        (tmp, pki)
-    }
 
     fn bob() -> Subject {
         Subject::new("bob", &["developer".to_owned()]).unwrap()
