@@ -1,16 +1,24 @@
 //! Through the real `docker` CLI: `docker run --rm busybox:test true` and
 //! `GET /containers/json` with 100 containers, moat's engine against
 //! dockerd (vfs storage, no iptables or bridge, `--userns-remap=default`)
-//! and Podman's API service (runc, vfs), each on its own Unix socket,
-//! started here and stopped after.
+//! and Podman's API service (runc, vfs), each on its own Unix socket; and
+//! the same `docker run` over mutual TLS on loopback, moat through `moat
+//! gateway` (the engine and PKI of [`Stack`]) against dockerd's own
+//! `--tlsverify` listener with the same CA, server certificate and client
+//! bundle. Everything is started here and stopped after.
 
+use std::fmt;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use moat_certs::authority::{CA_CERT, SERVER_CERT, SERVER_KEY};
+
 use crate::Options;
+use crate::stack::{self, Stack};
 use crate::stats::Row;
 
 pub(crate) struct Daemon {
@@ -37,14 +45,64 @@ impl Drop for Daemon {
     }
 }
 
-pub(crate) fn docker(socket: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
-        .env("DOCKER_CONFIG", "/var/tmp/moat-bench-docker-config")
-        .args(args)
+/// Where the docker CLI reaches an engine.
+#[derive(Clone, Copy)]
+pub(crate) enum Host<'a> {
+    Unix(&'a Path),
+    /// Mutual TLS on loopback: the address and the client bundle
+    /// (`ca.pem`, `cert.pem`, `key.pem`, as `moat certs issue` writes it).
+    Tls(SocketAddr, &'a Path),
+}
+
+impl<'a> From<&'a Path> for Host<'a> {
+    fn from(socket: &'a Path) -> Self {
+        Host::Unix(socket)
+    }
+}
+
+impl<'a> From<&'a PathBuf> for Host<'a> {
+    fn from(socket: &'a PathBuf) -> Self {
+        Host::Unix(socket)
+    }
+}
+
+impl fmt::Display for Host<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Unix(socket) => write!(f, "unix://{}", socket.display()),
+            Host::Tls(addr, _) => write!(f, "tcp://{addr}"),
+        }
+    }
+}
+
+/// The docker CLI with `args`, against `host` (`DOCKER_HOST`, and for
+/// TLS `DOCKER_TLS_VERIFY=1` and `DOCKER_CERT_PATH`).
+pub(crate) fn docker<'a>(host: impl Into<Host<'a>>, args: &[&str]) -> Output {
+    let host = host.into();
+    let mut cmd = Command::new("docker");
+    cmd.env("DOCKER_HOST", host.to_string())
+        .env("DOCKER_CONFIG", "/var/tmp/moat-bench-docker-config");
+    if let Host::Tls(_, bundle) = host {
+        cmd.env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", bundle);
+    }
+    cmd.args(args)
         .stdin(Stdio::null())
         .output()
         .expect("docker CLI")
+}
+
+/// [`docker`] that must succeed; its stdout, trimmed.
+pub(crate) fn docker_ok<'a>(host: impl Into<Host<'a>>, args: &[&str]) -> String {
+    let host = host.into();
+    let out = docker(host, args);
+    assert!(
+        out.status.success(),
+        "docker {} on {host}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn wait_ready(daemon: &Daemon) -> bool {
@@ -84,6 +142,10 @@ pub(crate) fn start(
 
 /// How the dockerd peer is named in the tables.
 pub(crate) const DOCKERD: &str = "dockerd 20.10 (vfs, userns-remap)";
+/// The same dockerd, reached on its `--tlsverify` listener.
+pub(crate) const DOCKERD_TLS: &str = "dockerd 20.10 --tlsverify (vfs, userns-remap)";
+/// How the Podman peer is named in the tables.
+pub(crate) const PODMAN: &str = "podman 4 API service (runc, vfs)";
 
 /// dockerd configured as every scenario compares it: vfs storage, no
 /// iptables or bridge, `--userns-remap=default`; its data under
@@ -91,6 +153,16 @@ pub(crate) const DOCKERD: &str = "dockerd 20.10 (vfs, userns-remap)";
 /// containerd-shim names) under `/run/moat-bench-NAME`, its socket
 /// `/run/moat-bench-NAME.sock`.
 pub(crate) fn dockerd(work: &Path, name: &str) -> Option<Daemon> {
+    dockerd_with(work, name, &[])
+}
+
+/// [`dockerd`] with more flags; `None` (with the reason on stderr) when
+/// dockerd is not installed or does not start.
+pub(crate) fn dockerd_with(work: &Path, name: &str, flags: &[String]) -> Option<Daemon> {
+    if !which("dockerd") {
+        eprintln!("dockerd is not installed: no dockerd rows (bench/run.sh installs docker.io)");
+        return None;
+    }
     let socket = PathBuf::from(format!("/run/moat-bench-{name}.sock"));
     let mut cmd = Command::new("dockerd");
     cmd.arg("--data-root")
@@ -108,8 +180,73 @@ pub(crate) fn dockerd(work: &Path, name: &str) -> Option<Daemon> {
             "--ip-masq=false",
             "--bridge=none",
             "--userns-remap=default",
-        ]);
+        ])
+        .args(flags);
     start("dockerd", socket, cmd, &work.join(format!("{name}.log")))
+}
+
+/// [`dockerd`] also listening on 127.0.0.1 with mutual TLS, as Docker's
+/// documentation sets it up (`--tlsverify`): the CA, server certificate
+/// and key of the PKI at `pki` (`moat certs init --ip 127.0.0.1`), so the
+/// gateway's client bundles work against it too. The daemon and the TLS
+/// address.
+pub(crate) fn dockerd_tls(work: &Path, name: &str, pki: &Path) -> Option<(Daemon, SocketAddr)> {
+    let addr = stack::loopback_addr();
+    let pem = |name: &str| pki.join(name).display().to_string();
+    let flags = [
+        "-H".into(),
+        format!("tcp://{addr}"),
+        "--tlsverify".into(),
+        "--tlscacert".into(),
+        pem(CA_CERT),
+        "--tlscert".into(),
+        pem(SERVER_CERT),
+        "--tlskey".into(),
+        pem(SERVER_KEY),
+    ];
+    let daemon = dockerd_with(work, name, &flags)?;
+    Some((daemon, addr))
+}
+
+/// The `TMPDIR` of [`podman`]'s service: its API spools uploads (`docker
+/// load` and `import`) there and leaves some behind.
+pub(crate) fn podman_tmp(work: &Path, name: &str) -> PathBuf {
+    work.join(format!("{name}-tmp"))
+}
+
+/// Podman's Docker-compatible API service (runc, vfs, cgroupfs) on
+/// `/run/moat-bench-NAME.sock`, its storage under `WORK/NAME`; `None` (with
+/// the reason on stderr) when Podman is not installed or does not start.
+/// Its temporary files go to [`podman_tmp`].
+pub(crate) fn podman(work: &Path, name: &str) -> Option<Daemon> {
+    if !which("podman") {
+        eprintln!("podman is not installed: no podman rows (bench/run.sh installs it)");
+        return None;
+    }
+    let tmp = podman_tmp(work, name);
+    std::fs::create_dir_all(&tmp).ok()?;
+    let socket = PathBuf::from(format!("/run/moat-bench-{name}.sock"));
+    let mut cmd = Command::new("podman");
+    cmd.env("TMPDIR", &tmp)
+        .arg("--root")
+        .arg(work.join(name))
+        .arg("--runroot")
+        .arg(format!("/run/moat-bench-{name}"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--runtime",
+            "runc",
+            "system",
+            "service",
+            "--time=0",
+        ])
+        .arg(format!("unix://{}", socket.display()));
+    start("podman", socket, cmd, &work.join(format!("{name}.log")))
 }
 
 /// Writes the busybox root the scenarios run, as a tar for `docker import`.
@@ -139,78 +276,65 @@ pub(crate) fn which(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// One comparison, measured pairwise: what the table calls it, and where
+/// each side is reached.
+pub(crate) struct Pair<'a> {
+    pub scenario: String,
+    pub peer: &'static str,
+    pub moat: Host<'a>,
+    pub other: Host<'a>,
+}
+
+/// One untimed warm-up of each side of every pair, then `runs` rounds of
+/// every pair, moat then the peer back to back (A B A B); a row per pair.
+/// `measure` times one run on a host and checks it did what it should.
+pub(crate) fn interleave(
+    what: &str,
+    runs: usize,
+    pairs: Vec<Pair>,
+    measure: impl Fn(Host) -> Duration,
+) -> Vec<Row> {
+    for pair in &pairs {
+        measure(pair.moat);
+        measure(pair.other);
+    }
+    eprint!("{what}: {runs} runs ");
+    let mut rows: Vec<Row> = pairs
+        .iter()
+        .map(|pair| Row {
+            scenario: pair.scenario.clone(),
+            peer: pair.peer.into(),
+            moat: Vec::new(),
+            other: Vec::new(),
+        })
+        .collect();
+    for _ in 0..runs {
+        for (pair, row) in pairs.iter().zip(&mut rows) {
+            row.moat.push(measure(pair.moat));
+            row.other.push(measure(pair.other));
+        }
+        eprint!(".");
+    }
+    eprintln!();
+    rows
+}
+
 pub fn run(options: &Options) -> Vec<Row> {
-    let work = options.work.join("cli");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&options.work, std::fs::Permissions::from_mode(0o711)).unwrap();
-    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o711)).unwrap();
+    // The engine on its Unix socket, and the gateway in front of it.
+    let stack = Stack::start(options, "cli", &["--user-rate", "0"]);
+    let work = &stack.dir;
+    let tar = busybox_tar(work);
 
-    let tar = busybox_tar(&work);
-
-    let mut moat_cmd = Command::new(&options.moat);
-    moat_cmd.arg("--state-root").arg(work.join("moat")).args([
-        "engine",
-        "--socket",
-        "/run/moat-bench-engine.sock",
-        "--run-root",
-        "/run/moat-bench-e",
-    ]);
-    let moat = start(
-        "moat",
-        PathBuf::from("/run/moat-bench-engine.sock"),
-        moat_cmd,
-        &work.join("moat.log"),
-    )
-    .expect("moat engine");
-
+    // (name, daemon, its TLS address when it has one)
     let mut peers = Vec::new();
-    if which("dockerd") {
-        if let Some(d) = dockerd(&work, "dockerd") {
-            peers.push((DOCKERD, d));
-        }
-    } else {
-        eprintln!("dockerd is not installed: no dockerd rows (bench/run.sh installs docker.io)");
+    if let Some((d, addr)) = dockerd_tls(work, "dockerd", &stack.pki()) {
+        peers.push((DOCKERD, d, Some(addr)));
     }
-    if which("podman") {
-        let mut cmd = Command::new("podman");
-        cmd.arg("--root").arg(work.join("podman")).args([
-            "--runroot",
-            "/run/moat-bench-podman",
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-            "--runtime",
-            "runc",
-            "system",
-            "service",
-            "--time=0",
-            "unix:///run/moat-bench-podman.sock",
-        ]);
-        if let Some(d) = start(
-            "podman",
-            PathBuf::from("/run/moat-bench-podman.sock"),
-            cmd,
-            &work.join("podman.log"),
-        ) {
-            peers.push(("podman 4 API service (runc, vfs)", d));
-        }
-    } else {
-        eprintln!("podman is not installed: no podman rows (bench/run.sh installs it)");
-    }
+    peers.extend(podman(work, "podman").map(|d| (PODMAN, d, None)));
 
-    for socket in std::iter::once(&moat.socket).chain(peers.iter().map(|(_, d)| &d.socket)) {
-        let out = docker(socket, &["import", tar.to_str().unwrap(), "busybox:test"]);
-        assert!(
-            out.status.success(),
-            "import into {}: {}",
-            socket.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let engine = Host::Unix(&stack.engine_socket);
+    for host in std::iter::once(engine).chain(peers.iter().map(|(_, d, _)| Host::Unix(&d.socket))) {
+        docker_ok(host, &["import", tar.to_str().unwrap(), "busybox:test"]);
     }
 
     // Every engine gets the same command. The ulimits are what this host
@@ -226,22 +350,20 @@ pub fn run(options: &Options) -> Vec<Row> {
         "busybox:test",
         "true",
     ];
-    let run_once = |socket: &Path| -> Duration {
+    let run_once = |host: Host| -> Duration {
         let start = Instant::now();
-        let out = docker(socket, &RUN);
+        let out = docker(host, &RUN);
         let elapsed = start.elapsed();
         assert!(
             out.status.success(),
-            "docker run on {}: {}",
-            socket.display(),
+            "docker run on {host}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         elapsed
     };
-    // Warm up once each; a peer that cannot run a container here is
-    // reported and left out, not benchmarked.
-    run_once(&moat.socket);
-    peers.retain(|(name, d)| {
+    // A peer that cannot run a container here is reported and left out,
+    // not benchmarked.
+    peers.retain(|(name, d, _)| {
         let out = docker(&d.socket, &RUN);
         if !out.status.success() {
             eprintln!(
@@ -251,38 +373,33 @@ pub fn run(options: &Options) -> Vec<Row> {
         }
         out.status.success()
     });
-    let mut rows = Vec::new();
-    eprint!("docker run --rm true: {} runs ", options.runs);
-    let mut results: Vec<(Vec<Duration>, Vec<Duration>)> =
-        vec![(Vec::new(), Vec::new()); peers.len()];
-    for _ in 0..options.runs {
-        for (i, (_, d)) in peers.iter().enumerate() {
-            results[i].0.push(run_once(&moat.socket));
-            results[i].1.push(run_once(&d.socket));
-        }
-        eprint!(".");
-    }
-    eprintln!();
-    for ((name, _), (m, p)) in peers.iter().zip(results) {
-        rows.push(Row {
+    let mut pairs: Vec<Pair> = peers
+        .iter()
+        .map(|(name, d, _)| Pair {
             scenario: "docker run".into(),
-            peer: (*name).into(),
-            moat: m,
-            other: p,
-        });
-    }
+            peer: name,
+            moat: engine,
+            other: Host::Unix(&d.socket),
+        })
+        .collect();
+    pairs.extend(peers.iter().filter_map(|(_, _, tls)| {
+        Some(Pair {
+            scenario: "docker run (gateway mTLS)".into(),
+            peer: DOCKERD_TLS,
+            moat: Host::Tls(stack.gateway_addr, &stack.bundle),
+            other: Host::Tls((*tls)?, &stack.bundle),
+        })
+    }));
+    let mut rows = interleave("docker run --rm true", options.runs, pairs, run_once);
 
     // `docker ps -a` with 100 containers: one raw request each time, so the
     // figure is the server's, not the CLI's start-up.
     eprint!("GET /containers/json with 100 containers: creating ");
-    for socket in std::iter::once(&moat.socket).chain(peers.iter().map(|(_, d)| &d.socket)) {
+    for socket in
+        std::iter::once(&stack.engine_socket).chain(peers.iter().map(|(_, d, _)| &d.socket))
+    {
         for _ in 0..100 {
-            let out = docker(socket, &["create", "busybox:test", "true"]);
-            assert!(
-                out.status.success(),
-                "create: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            docker_ok(socket, &["create", "busybox:test", "true"]);
         }
         eprint!(".");
     }
@@ -298,12 +415,12 @@ pub fn run(options: &Options) -> Vec<Row> {
         );
         elapsed
     };
-    for (name, d) in &peers {
-        list_once(&moat.socket);
+    for (name, d, _) in &peers {
+        list_once(&stack.engine_socket);
         list_once(&d.socket);
         let (mut m, mut p) = (Vec::new(), Vec::new());
         for _ in 0..options.runs {
-            m.push(list_once(&moat.socket));
+            m.push(list_once(&stack.engine_socket));
             p.push(list_once(&d.socket));
         }
         rows.push(Row {
@@ -314,7 +431,7 @@ pub fn run(options: &Options) -> Vec<Row> {
         });
     }
     drop(peers);
-    drop(moat);
+    drop(stack);
     rows
 }
 

@@ -2,14 +2,15 @@
 //! ten times in parallel through the real docker CLI, timed until every
 //! one has returned (`run -d` returns once its container is running),
 //! moat's engine against dockerd (vfs, `--userns-remap=default`), each on
-//! its own Unix socket. The ten are removed between runs, outside the
-//! timing.
+//! its own Unix socket; and the same burst over mutual TLS on loopback,
+//! moat through `moat gateway` against dockerd's `--tlsverify` listener
+//! (same CA, server certificate and client bundle). The ten are removed
+//! between runs, outside the timing.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::Options;
-use crate::cli_run::{self, DOCKERD};
+use crate::cli_run::{self, DOCKERD, DOCKERD_TLS, Host, Pair, docker_ok};
 use crate::stack::Stack;
 use crate::stats::Row;
 
@@ -17,19 +18,18 @@ const PARALLEL: usize = 10;
 const RUN: [&str; 5] = ["run", "-d", "busybox:test", "sleep", "60"];
 
 /// Starts `PARALLEL` containers at once; the time until all are running.
-fn burst(socket: &Path) -> Duration {
+fn burst(host: Host) -> Duration {
     let start = Instant::now();
     let ids: Vec<String> = std::thread::scope(|s| {
         let runs: Vec<_> = (0..PARALLEL)
-            .map(|_| s.spawn(|| cli_run::docker(socket, &RUN)))
+            .map(|_| s.spawn(|| cli_run::docker(host, &RUN)))
             .collect();
         runs.into_iter()
             .map(|r| {
                 let out = r.join().expect("docker run thread");
                 assert!(
                     out.status.success(),
-                    "docker run on {}: {}",
-                    socket.display(),
+                    "docker run on {host}: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
                 String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -37,28 +37,16 @@ fn burst(socket: &Path) -> Duration {
             .collect()
     });
     let elapsed = start.elapsed();
-    let running = docker_ok(socket, &["ps", "-q", "--filter", "status=running"]);
+    let running = docker_ok(host, &["ps", "-q", "--filter", "status=running"]);
     assert!(
         running.lines().count() >= PARALLEL,
-        "{} running on {} after the burst",
+        "{} running on {host} after the burst",
         running.lines().count(),
-        socket.display()
     );
     let mut rm = vec!["rm", "-f"];
     rm.extend(ids.iter().map(String::as_str));
-    docker_ok(socket, &rm);
+    docker_ok(host, &rm);
     elapsed
-}
-
-fn docker_ok(socket: &Path, args: &[&str]) -> String {
-    let out = cli_run::docker(socket, args);
-    assert!(
-        out.status.success(),
-        "docker {args:?} on {}: {}",
-        socket.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 pub fn run(options: &Options) -> Vec<Row> {
@@ -72,7 +60,7 @@ pub fn run(options: &Options) -> Vec<Row> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("work dir");
     let tar = cli_run::busybox_tar(&work);
-    let Some(dockerd) = cli_run::dockerd(&work, "conc-dockerd") else {
+    let Some((dockerd, tls)) = cli_run::dockerd_tls(&work, "conc-dockerd", &stack.pki()) else {
         return Vec::new();
     };
     docker_ok(
@@ -80,26 +68,27 @@ pub fn run(options: &Options) -> Vec<Row> {
         &["import", tar.to_str().expect("utf-8 path"), "busybox:test"],
     );
 
-    // One warm-up burst each, then A B A B.
-    burst(&stack.engine_socket);
-    burst(&dockerd.socket);
-    eprint!(
-        "{PARALLEL} concurrent docker run -d: {} runs ",
-        options.runs
+    let pairs = vec![
+        Pair {
+            scenario: format!("{PARALLEL} concurrent run -d"),
+            peer: DOCKERD,
+            moat: Host::Unix(&stack.engine_socket),
+            other: Host::Unix(&dockerd.socket),
+        },
+        Pair {
+            scenario: format!("{PARALLEL} concurrent run -d (gateway mTLS)"),
+            peer: DOCKERD_TLS,
+            moat: Host::Tls(stack.gateway_addr, &stack.bundle),
+            other: Host::Tls(tls, &stack.bundle),
+        },
+    ];
+    let rows = cli_run::interleave(
+        &format!("{PARALLEL} concurrent docker run -d"),
+        options.runs,
+        pairs,
+        burst,
     );
-    let (mut moat, mut peer) = (Vec::new(), Vec::new());
-    for _ in 0..options.runs {
-        moat.push(burst(&stack.engine_socket));
-        peer.push(burst(&dockerd.socket));
-        eprint!(".");
-    }
-    eprintln!();
     drop(dockerd);
     drop(stack);
-    vec![Row {
-        scenario: format!("{PARALLEL} concurrent run -d"),
-        peer: DOCKERD.into(),
-        moat,
-        other: peer,
-    }]
+    rows
 }

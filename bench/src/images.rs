@@ -13,13 +13,18 @@
 //!   Dockerfile with nothing changed (every step a cache hit), moat
 //!   against dockerd's classic builder, after one first build on each.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Options;
-use crate::cli_run::{Daemon, docker, start, which};
+use crate::cli_run::{
+    DOCKERD, Daemon, Host, PODMAN, Pair, busybox_tar, docker, docker_ok, dockerd_with, interleave,
+    podman, podman_tmp, start,
+};
+use crate::stack;
 use crate::stats::{Figure, Row, pair_ratio};
 
 const LAYERS: usize = 4;
@@ -36,10 +41,7 @@ struct Registry {
 impl Registry {
     fn start(dir: &Path) -> Registry {
         std::fs::create_dir_all(dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let port = stack::loopback_addr().port();
         let storage = dir.join("storage");
         // No blob descriptor cache: emptying `storage` empties the registry.
         let config = format!(
@@ -124,18 +126,6 @@ fn run_ok(cmd: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn docker_ok(socket: &Path, args: &[&str]) -> String {
-    let out = docker(socket, args);
-    assert!(
-        out.status.success(),
-        "docker {} on {}: {}",
-        args.join(" "),
-        socket.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn timed<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     let start = Instant::now();
     let value = f();
@@ -147,33 +137,44 @@ fn sha256(path: &Path) -> String {
     out.split_whitespace().next().unwrap().to_owned()
 }
 
-/// An OCI layout at `layout` (tag `1`) of `LAYERS` gzip layers, each one
-/// file of `LAYER_BYTES` random bytes: written as a docker-archive, then
-/// copied (and compressed) by skopeo.
-fn random_image(dir: &Path, layout: &Path) {
-    let archive = dir.join("archive");
-    std::fs::create_dir_all(&archive).unwrap();
-    let mut diff_ids = Vec::new();
-    let mut layers = Vec::new();
-    for i in 0..LAYERS {
-        let content = dir.join(format!("content{i}"));
-        std::fs::create_dir_all(&content).unwrap();
+/// A tar at `tar` of `files` files of `LAYER_BYTES` random bytes each,
+/// written in `scratch` first.
+fn random_tar(scratch: &Path, tar: &Path, files: usize) {
+    let content = scratch.join("content");
+    std::fs::create_dir_all(&content).unwrap();
+    for i in 0..files {
         let mut random = std::fs::File::open("/dev/urandom")
             .unwrap()
             .take(LAYER_BYTES);
         let mut file = std::fs::File::create(content.join(format!("blob{i}"))).unwrap();
         std::io::copy(&mut random, &mut file).unwrap();
+    }
+    run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&content)
+            .arg("-cf")
+            .arg(tar)
+            .arg("."),
+        "tar",
+    );
+    std::fs::remove_dir_all(&content).unwrap();
+}
+
+/// The tag of the image [`random_archive`] writes.
+const RANDOM_TAG: &str = "bench/random:1";
+
+/// A docker-archive (`docker save`'s format) at `DIR/archive.tar` of
+/// `LAYERS` uncompressed layers, each one file of `LAYER_BYTES` random
+/// bytes, tagged [`RANDOM_TAG`]; and the image's id (its config's digest).
+fn random_archive(dir: &Path) -> (PathBuf, String) {
+    let archive = dir.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let mut diff_ids = Vec::new();
+    let mut layers = Vec::new();
+    for i in 0..LAYERS {
         let tar = archive.join(format!("{i}.tar"));
-        run_ok(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&content)
-                .arg("-cf")
-                .arg(&tar)
-                .arg("."),
-            "tar",
-        );
-        std::fs::remove_dir_all(&content).unwrap();
+        random_tar(dir, &tar, 1);
         diff_ids.push(format!("sha256:{}", sha256(&tar)));
         layers.push(format!("{i}.tar"));
     }
@@ -184,9 +185,10 @@ fn random_image(dir: &Path, layout: &Path) {
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     std::fs::write(archive.join("config.json"), config.to_string()).unwrap();
+    let id = format!("sha256:{}", sha256(&archive.join("config.json")));
     let manifest = serde_json::json!([{
         "Config": "config.json",
-        "RepoTags": ["bench/random:1"],
+        "RepoTags": [RANDOM_TAG],
         "Layers": layers,
     }]);
     std::fs::write(archive.join("manifest.json"), manifest.to_string()).unwrap();
@@ -201,6 +203,14 @@ fn random_image(dir: &Path, layout: &Path) {
         "tar",
     );
     std::fs::remove_dir_all(&archive).unwrap();
+    (tar, id)
+}
+
+/// An OCI layout at `layout` (tag `1`) of `LAYERS` gzip layers, each one
+/// file of `LAYER_BYTES` random bytes: written by [`random_archive`], then
+/// copied (and compressed) by skopeo.
+fn random_image(dir: &Path, layout: &Path) {
+    let (tar, _) = random_archive(dir);
     let _ = std::fs::remove_dir_all(layout);
     run_ok(
         Command::new("skopeo")
@@ -246,34 +256,11 @@ fn start_moat(options: &Options, work: &Path) -> Daemon {
 }
 
 fn start_dockerd(work: &Path, insecure: &[String]) -> Option<Daemon> {
-    if !which("dockerd") {
-        eprintln!("dockerd is not installed: no dockerd rows (bench/run.sh installs docker.io)");
-        return None;
-    }
-    let mut cmd = Command::new("dockerd");
-    cmd.arg("--data-root").arg(work.join("dockerd")).args([
-        "--exec-root",
-        "/run/moat-bench-images-dockerd",
-        "--pidfile",
-        "/run/moat-bench-images-dockerd.pid",
-        "-H",
-        "unix:///run/moat-bench-images-dockerd.sock",
-        "--storage-driver",
-        "vfs",
-        "--iptables=false",
-        "--ip-masq=false",
-        "--bridge=none",
-        "--userns-remap=default",
-    ]);
-    for host in insecure {
-        cmd.args(["--insecure-registry", host]);
-    }
-    start(
-        "dockerd",
-        PathBuf::from("/run/moat-bench-images-dockerd.sock"),
-        cmd,
-        &work.join("dockerd.log"),
-    )
+    let flags: Vec<String> = insecure
+        .iter()
+        .flat_map(|host| ["--insecure-registry".to_owned(), host.clone()])
+        .collect();
+    dockerd_with(work, "images-dockerd", &flags)
 }
 
 fn fresh_work(options: &Options, name: &str) -> PathBuf {
@@ -286,7 +273,6 @@ fn fresh_work(options: &Options, name: &str) -> PathBuf {
     work
 }
 
-const DOCKERD: &str = "dockerd 20.10 (vfs, userns-remap)";
 const SKOPEO: &str = "skopeo copy (oci: layout)";
 
 pub fn registry(options: &Options, figures: &mut Vec<Figure>) -> Vec<Row> {
@@ -430,6 +416,178 @@ pub fn registry(options: &Options, figures: &mut Vec<Figure>) -> Vec<Row> {
     rows
 }
 
+/// The `image` scenario: `docker load -i` of [`random_archive`]'s 100
+/// MiB image, `docker save -o` of it, and `docker import` of a 100 MiB
+/// rootfs tar, moat's engine against dockerd and Podman's API service,
+/// each on its own Unix socket. Each run is checked: the loaded image has
+/// the archive's id and four layers, the saved archive holds at least 100
+/// MiB and every layer its manifest names, the imported image holds 100
+/// MiB in one layer. The image is removed (and its absence checked) before
+/// each load, the saved file and the imported image after each run, all
+/// outside the timing.
+pub fn archive(options: &Options) -> Vec<Row> {
+    let work = fresh_work(options, "image");
+    eprintln!(
+        "image: writing an image of {LAYERS} x {} MiB random layers and a rootfs tar of as many files",
+        LAYER_BYTES >> 20
+    );
+    let (archive, id) = random_archive(&work.join("random"));
+    let rootfs = work.join("rootfs.tar");
+    random_tar(&work, &rootfs, LAYERS);
+    let (archive, rootfs) = (path(&archive), path(&rootfs));
+    let saved = work.join("saved.tar");
+    let bytes = LAYERS as u64 * LAYER_BYTES;
+
+    let moat = start_moat(options, &work);
+    let dockerd = start_dockerd(&work, &[]);
+    let podman = podman(&work, "image-podman");
+    let podman_tmp = podman_tmp(&work, "image-podman");
+    let pairs = |scenario: &str| -> Vec<Pair> {
+        [(DOCKERD, &dockerd), (PODMAN, &podman)]
+            .into_iter()
+            .filter_map(|(peer, daemon)| {
+                Some(Pair {
+                    scenario: scenario.into(),
+                    peer,
+                    moat: Host::Unix(&moat.socket),
+                    other: Host::Unix(&daemon.as_ref()?.socket),
+                })
+            })
+            .collect()
+    };
+    let inspect = |host: Host, image: &str| {
+        docker_ok(
+            host,
+            &[
+                "image",
+                "inspect",
+                "--format",
+                "{{.Id}} {{len .RootFS.Layers}} {{.Size}}",
+                image,
+            ],
+        )
+    };
+
+    let load = |host: Host| -> Duration {
+        let _ = docker(host, &["rmi", "-f", RANDOM_TAG]);
+        assert!(
+            !docker(host, &["image", "inspect", RANDOM_TAG])
+                .status
+                .success(),
+            "{RANDOM_TAG} is still on {host} after docker rmi"
+        );
+        let (elapsed, _) = timed(|| docker_ok(host, &["load", "-i", archive]));
+        let loaded = inspect(host, RANDOM_TAG);
+        assert!(
+            loaded.starts_with(&format!("{id} {LAYERS} ")),
+            "docker load on {host} made {loaded}, not {id} with {LAYERS} layers"
+        );
+        elapsed
+    };
+    let save = |host: Host| -> Duration {
+        if !docker(host, &["image", "inspect", RANDOM_TAG])
+            .status
+            .success()
+        {
+            docker_ok(host, &["load", "-i", archive]);
+        }
+        let _ = std::fs::remove_file(&saved);
+        let (elapsed, _) = timed(|| docker_ok(host, &["save", "-o", path(&saved), RANDOM_TAG]));
+        check_saved(&saved, bytes, &id, &host.to_string());
+        std::fs::remove_file(&saved).unwrap();
+        elapsed
+    };
+    let import = |host: Host| -> Duration {
+        let (elapsed, new) = timed(|| docker_ok(host, &["import", rootfs, "bench/imported:1"]));
+        let imported = inspect(host, "bench/imported:1");
+        let fields: Vec<&str> = imported.split(' ').collect();
+        assert!(
+            new.ends_with(fields[0].trim_start_matches("sha256:"))
+                && fields[1] == "1"
+                && fields[2].parse::<u64>().is_ok_and(|size| size >= bytes),
+            "docker import on {host} printed {new:?} and made {imported} (id, layers, size)"
+        );
+        docker_ok(host, &["rmi", "bench/imported:1"]);
+        // Podman's API leaves the upload it spooled in its TMPDIR.
+        for spooled in std::fs::read_dir(&podman_tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(spooled.path());
+        }
+        elapsed
+    };
+
+    let mut rows = interleave(
+        "docker load 100 MiB",
+        options.runs,
+        pairs("docker load 100 MiB"),
+        load,
+    );
+    rows.extend(interleave(
+        "docker save 100 MiB",
+        options.runs,
+        pairs("docker save 100 MiB"),
+        save,
+    ));
+    rows.extend(interleave(
+        "docker import 100 MiB",
+        options.runs,
+        pairs("docker import 100 MiB"),
+        import,
+    ));
+    drop(podman);
+    drop(dockerd);
+    drop(moat);
+    rows
+}
+
+/// Checks that `docker save` on `host` wrote a docker-archive of the image
+/// `id` at `tar`: at least `bytes` long, its `manifest.json` naming the
+/// config of `id` and `LAYERS` layers, every one of them in the tar.
+fn check_saved(tar: &Path, bytes: u64, id: &str, host: &str) {
+    let size = std::fs::metadata(tar).map_or(0, |m| m.len());
+    assert!(
+        size >= bytes,
+        "docker save on {host} wrote {size} bytes, less than the image's {bytes}"
+    );
+    let listing = run_ok(Command::new("tar").arg("-tf").arg(tar), "tar -tf");
+    let members: HashSet<&str> = listing
+        .lines()
+        .map(|m| m.trim_start_matches("./"))
+        .collect();
+    let manifest_member = listing
+        .lines()
+        .find(|m| m.trim_start_matches("./") == "manifest.json")
+        .unwrap_or_else(|| panic!("docker save on {host} wrote no manifest.json: {listing}"));
+    let manifest = run_ok(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(tar)
+            .arg(manifest_member),
+        "the saved manifest.json",
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).expect("manifest.json");
+    let image = &manifest[0];
+    let layers: Vec<&str> = image["Layers"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|l| l.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        image["Config"]
+            .as_str()
+            .is_some_and(|c| c.contains(id.trim_start_matches("sha256:")))
+            && layers.len() == LAYERS
+            && layers.iter().all(|l| members.contains(l)),
+        "docker save on {host}: manifest {manifest}, members {members:?}"
+    );
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
 const DOCKERFILE: &str = "\
 FROM busybox:test AS build
 WORKDIR /src
@@ -453,18 +611,7 @@ const CACHED_STEPS: usize = 12;
 
 pub fn rebuild(options: &Options) -> Vec<Row> {
     let work = fresh_work(options, "rebuild");
-    let rootfs = work.join("rootfs");
-    moat_engine::busybox::write_rootfs(&rootfs).expect("busybox rootfs");
-    let tar = work.join("busybox.tar");
-    run_ok(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-        "tar",
-    );
+    let tar = busybox_tar(&work);
     let context = work.join("context");
     std::fs::create_dir_all(&context).unwrap();
     std::fs::write(context.join("Dockerfile"), DOCKERFILE).unwrap();

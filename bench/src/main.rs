@@ -11,7 +11,9 @@
 //!   bundle made from the same OCI spec and the same busybox root.
 //! - `cli`: `docker run --rm busybox:test true` with the real CLI, and
 //!   `GET /containers/json` with 100 containers, against dockerd and
-//!   Podman's API service.
+//!   Podman's API service, each on its Unix socket; and the same `docker
+//!   run` over mutual TLS, moat through `moat gateway` against dockerd's
+//!   `--tlsverify` listener.
 //! - `audit`: durably audited appends per second with 1, 16, 64 and 256
 //!   concurrent clients (group commit), against one fsync per record; the
 //!   log is verified and its records counted afterwards.
@@ -34,7 +36,12 @@
 //!   shims against dockerd, containerd and its shims, idle and with 100
 //!   running containers; the ratios and the cost per container.
 //! - `concurrent`: `docker run -d busybox:test sleep 60` ten times in
-//!   parallel through the CLI, until all ten run, against dockerd.
+//!   parallel through the CLI, until all ten run, against dockerd: on the
+//!   Unix sockets, and over mutual TLS (the gateway against dockerd's
+//!   `--tlsverify` listener).
+//! - `image`: `docker load`, `docker save` of a 100 MiB, 4-layer image of
+//!   random bytes and `docker import` of a 100 MiB rootfs tar, against
+//!   dockerd and Podman's API service, every run checked.
 
 mod audit;
 mod cli_run;
@@ -80,7 +87,7 @@ fn main() {
             "--work" => options.work = it.next().map(PathBuf::from).expect("--work DIR"),
             "-h" | "--help" => {
                 println!(
-                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli] [audit] [proxy] [handshake] [policy] [gateway-audit] [registry] [rebuild] [memory] [concurrent]"
+                    "usage: moat-bench [--runs N] [--json FILE] [--moat PATH] [--work DIR] [lifecycle] [cli] [audit] [proxy] [handshake] [policy] [gateway-audit] [registry] [rebuild] [memory] [concurrent] [image]"
                 );
                 return;
             }
@@ -101,6 +108,7 @@ fn main() {
                 "rebuild",
                 "memory",
                 "concurrent",
+                "image",
             ]
             .map(String::from),
         );
@@ -131,6 +139,7 @@ fn main() {
             "rebuild" => rows.extend(images::rebuild(&options)),
             "memory" => figures.extend(memory::run(&options)),
             "concurrent" => rows.extend(concurrent::run(&options)),
+            "image" => rows.extend(images::archive(&options)),
             other => {
                 eprintln!("unknown scenario {other:?}");
                 std::process::exit(2);

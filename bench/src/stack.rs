@@ -18,6 +18,7 @@ use moat_certs::authority::{AUDIT_PUB, CA_CERT, CRL, SERVER_CERT, SERVER_KEY};
 use rustls::ClientConfig;
 
 use crate::Options;
+use crate::cli_run;
 use crate::mtls;
 
 /// A process started here; SIGTERM and a wait when dropped.
@@ -270,58 +271,30 @@ impl Stack {
             .expect("moat")
     }
 
-    fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .env(
-                "DOCKER_HOST",
-                format!("unix://{}", self.engine_socket.display()),
-            )
-            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("docker CLI")
-    }
-
-    fn docker_ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
     /// Imports `busybox:test` and starts `count` containers that sleep, so
     /// `GET /containers/json` lists `count` of them. They are removed
     /// when the stack is dropped.
     pub fn run_containers(&mut self, count: usize) {
-        let rootfs = self.dir.join("rootfs");
-        moat_engine::busybox::write_rootfs(&rootfs).expect("busybox rootfs");
-        let tar = self.dir.join("busybox.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("tar");
-        assert!(status.success(), "tar of the busybox rootfs");
-        self.docker_ok(&["import", tar.to_str().expect("utf-8 path"), "busybox:test"]);
+        let tar = cli_run::busybox_tar(&self.dir);
+        cli_run::docker_ok(
+            &self.engine_socket,
+            &["import", tar.to_str().expect("utf-8 path"), "busybox:test"],
+        );
         for _ in 0..count {
-            let id = self.docker_ok(&[
-                "run",
-                "-d",
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=1024:1024",
-                "busybox:test",
-                "sleep",
-                "100000",
-            ]);
+            let id = cli_run::docker_ok(
+                &self.engine_socket,
+                &[
+                    "run",
+                    "-d",
+                    "--ulimit",
+                    "nofile=1024:1024",
+                    "--ulimit",
+                    "nproc=1024:1024",
+                    "busybox:test",
+                    "sleep",
+                    "100000",
+                ],
+            );
             self.containers.push(id);
         }
     }
@@ -387,7 +360,7 @@ impl Drop for Stack {
         if !self.containers.is_empty() {
             let mut args = vec!["rm", "-f"];
             args.extend(self.containers.iter().map(String::as_str));
-            let out = self.docker(&args);
+            let out = cli_run::docker(&self.engine_socket, &args);
             if !out.status.success() {
                 eprintln!(
                     "removing the bench containers: {}",
@@ -396,6 +369,14 @@ impl Drop for Stack {
             }
         }
     }
+}
+
+/// A port on 127.0.0.1 the kernel just handed out, for a server started
+/// right after to listen on.
+pub fn loopback_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
 }
 
 /// nginx terminating mutual TLS on loopback and proxying to the engine's
@@ -417,12 +398,7 @@ impl Nginx {
         }
         let binary = String::from_utf8_lossy(&which.stdout).trim().to_owned();
         std::fs::create_dir_all(dir.join("tmp")).map_err(|e| e.to_string())?;
-        // A port the kernel just handed out; nginx binds it right after.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr = loopback_addr();
         let conf = dir.join("nginx.conf");
         std::fs::File::create(&conf)
             .and_then(|mut f| f.write_all(config(dir, pki, socket, addr).as_bytes()))

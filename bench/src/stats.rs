@@ -166,13 +166,20 @@ pub fn figure_table(figures: &[Figure]) -> String {
 }
 
 pub fn table(rows: &[Row]) -> String {
+    // The label columns are as wide as their widest label.
+    let width = |label: fn(&Row) -> &str, least: usize| {
+        rows.iter()
+            .map(|r| label(r).chars().count())
+            .fold(least, usize::max)
+    };
+    let (s, p) = (width(|r| &r.scenario, 22), width(|r| &r.peer, 30));
     let mut out = format!(
-        "{:<22} {:<30} {:>11} {:>11} {:>11} {:>11} {:>8} {:>5}\n",
+        "{:<s$} {:<p$} {:>11} {:>11} {:>11} {:>11} {:>8} {:>5}\n",
         "scenario", "peer", "moat p50", "moat p99", "peer p50", "peer p99", "ratio", "runs"
     );
     for row in rows {
         out.push_str(&format!(
-            "{:<22} {:<30} {:>11} {:>11} {:>11} {:>11} {:>7.2}x {:>5}\n",
+            "{:<s$} {:<p$} {:>11} {:>11} {:>11} {:>11} {:>7.2}x {:>5}\n",
             row.scenario,
             row.peer,
             ms(median(&row.moat)),
