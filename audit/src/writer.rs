@@ -1,8 +1,17 @@
-//! The writer: one thread owns the log file. Callers serialize their record
-//! in their own task and queue it; the writer takes everything queued,
-//! stamps the chain fields, writes the lot with one write and one
-//! `fdatasync`, then answers every caller (group commit). A failed batch
-//! is cut back off the file and every caller in it gets the error.
+//! The writer: callers serialize their record in their own task and queue
+//! it; whoever commits takes everything queued, stamps the chain fields,
+//! writes the lot with one write and one `fdatasync`, then answers every
+//! caller (group commit). A failed batch is cut back off the file and
+//! every caller in it gets the error.
+//!
+//! Who commits: a caller that finds the log quiet (nothing being written,
+//! and the last batch was its caller's record alone) commits its own
+//! record on its own thread, so a lone call pays for its fsync and no
+//! thread hand-off. Otherwise the writer thread commits: records that
+//! arrive while a commit is in flight wait for it, and it takes the next
+//! batch as soon as that commit ends, so under load the callers' threads
+//! (the gateway's serving threads) never wait on the disk. It also writes
+//! timed checkpoints. At most one commit runs at a time.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
@@ -108,12 +117,22 @@ impl Drop for Handle {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Locked only by whoever set `Queue::committing`.
+    writer: Mutex<Writer>,
     status: Mutex<Status>,
 }
 
 #[derive(Default)]
 struct Queue {
     pending: Vec<Pending>,
+    /// A commit is in flight (by the writer thread or a caller).
+    committing: bool,
+    /// Records in the last batch: more than one means callers are
+    /// queueing, and the writer thread commits.
+    last_batch: usize,
+    /// When the writer thread must write a checkpoint if nothing else
+    /// comes (as of the last commit).
+    checkpoint_due: Option<Instant>,
     closing: bool,
     closed: Option<Result<(), AuditError>>,
     close_waiters: Vec<oneshot::Sender<Result<(), AuditError>>>,
@@ -144,14 +163,18 @@ impl AuditLog {
         }
         let writer = Writer::open(dir, signer, options)?;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                checkpoint_due: writer.checkpoint_due(),
+                ..Queue::default()
+            }),
             wake: Condvar::new(),
             status: Mutex::new(writer.status()),
+            writer: Mutex::new(writer),
         });
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("moat-audit-writer".into())
-            .spawn(move || writer.run(&thread_shared))
+            .spawn(move || run(&thread_shared))
             .map_err(AuditError::io(dir))?;
         Ok(AuditLog {
             inner: Arc::new(Handle { shared }),
@@ -167,15 +190,27 @@ impl AuditLog {
         record.kind = Kind::Event;
         let line = serde_json::to_vec(&record).map_err(|e| AuditError::Encode(Arc::new(e)))?;
         let (reply, answer) = oneshot::channel();
-        {
-            let mut queue = lock(&self.inner.shared.queue);
+        let shared = &self.inner.shared;
+        let batch = {
+            let mut queue = lock(&shared.queue);
             if queue.closing {
                 return Err(AuditError::Closed);
             }
-            if queue.pending.is_empty() {
-                self.inner.shared.wake.notify_one();
-            }
             queue.pending.push(Pending { line, reply });
+            if queue.committing {
+                // The writer thread takes it when the commit in flight ends.
+                None
+            } else if queue.last_batch > 1 {
+                shared.wake.notify_one();
+                None
+            } else {
+                queue.committing = true;
+                Some(std::mem::take(&mut queue.pending))
+            }
+        };
+        if let Some(batch) = batch {
+            let mut commit = Committing::new(shared);
+            commit.write(batch, false);
         }
         answer.await.unwrap_or(Err(AuditError::Closed))
     }
@@ -219,7 +254,103 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
-/// Owned by the writer thread.
+/// The right to commit, held from setting `Queue::committing` to clearing
+/// it; cleared on drop even if the commit panics, so the log never waits
+/// on a committer that is gone (that batch's callers then get `Closed`).
+struct Committing<'a> {
+    shared: &'a Shared,
+    records: usize,
+    checkpoint_due: Option<Instant>,
+    closed: Option<Result<(), AuditError>>,
+}
+
+impl<'a> Committing<'a> {
+    /// Only after setting `committing` under the queue lock.
+    fn new(shared: &'a Shared) -> Committing<'a> {
+        let checkpoint_due = lock(&shared.queue).checkpoint_due;
+        Committing {
+            shared,
+            records: 0,
+            checkpoint_due,
+            closed: None,
+        }
+    }
+
+    fn write(&mut self, batch: Vec<Pending>, closing: bool) {
+        self.records = batch.len();
+        let mut writer = lock(&self.shared.writer);
+        let result = writer.commit(batch, closing, self.shared);
+        self.checkpoint_due = writer.checkpoint_due();
+        if closing {
+            self.closed = Some(result);
+        }
+    }
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.shared.queue);
+        queue.committing = false;
+        queue.last_batch = self.records;
+        // The writer thread sleeps until the due time it last saw, or
+        // until told: tell it if that is now wrong.
+        let wake_thread = match (queue.checkpoint_due, self.checkpoint_due) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(old), Some(new)) => new < old || new <= Instant::now(),
+        };
+        queue.checkpoint_due = self.checkpoint_due;
+        if let Some(result) = self.closed.take() {
+            queue.closed = Some(result.clone());
+            for waiter in queue.close_waiters.drain(..) {
+                let _ = waiter.send(result.clone());
+            }
+        } else if !queue.pending.is_empty() || queue.closing || wake_thread {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// The writer thread: commits what queues up behind a commit in flight,
+/// timed checkpoints, and the last batch on close.
+fn run(shared: &Shared) {
+    let _refuse_after_exit = ExitGuard(shared);
+    loop {
+        let (batch, closing) = {
+            let mut queue = lock(&shared.queue);
+            loop {
+                let now = Instant::now();
+                let due = queue.checkpoint_due;
+                if !queue.committing
+                    && (!queue.pending.is_empty() || queue.closing || due.is_some_and(|d| d <= now))
+                {
+                    break;
+                }
+                queue = match due {
+                    Some(due) if due > now => {
+                        shared
+                            .wake
+                            .wait_timeout(queue, due - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                    // Nothing due, or due while a commit is in flight: the
+                    // committer wakes this thread when it ends.
+                    _ => shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner()),
+                };
+            }
+            queue.committing = true;
+            (std::mem::take(&mut queue.pending), queue.closing)
+        };
+        let mut commit = Committing::new(shared);
+        commit.write(batch, closing);
+        if closing {
+            return;
+        }
+    }
+}
+
+/// The log file and its chain, behind `Shared::writer`.
 struct Writer {
     dir: PathBuf,
     signer: Signer,
@@ -345,46 +476,6 @@ impl Writer {
         }
         let due = self.checkpoint_at + self.options.checkpoint_interval;
         Some(self.retry_at.map_or(due, |retry| retry.max(due)))
-    }
-
-    fn run(mut self, shared: &Shared) {
-        let _refuse_after_exit = ExitGuard(shared);
-        loop {
-            let (batch, closing) = {
-                let mut queue = lock(&shared.queue);
-                loop {
-                    if !queue.pending.is_empty() || queue.closing {
-                        break;
-                    }
-                    match self.checkpoint_due() {
-                        None => {
-                            queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
-                        }
-                        Some(due) => {
-                            let now = Instant::now();
-                            if due <= now {
-                                break;
-                            }
-                            queue = shared
-                                .wake
-                                .wait_timeout(queue, due - now)
-                                .unwrap_or_else(|e| e.into_inner())
-                                .0;
-                        }
-                    }
-                }
-                (std::mem::take(&mut queue.pending), queue.closing)
-            };
-            let result = self.commit(batch, closing, shared);
-            if closing {
-                let mut queue = lock(&shared.queue);
-                queue.closed = Some(result.clone());
-                for waiter in queue.close_waiters.drain(..) {
-                    let _ = waiter.send(result.clone());
-                }
-                return;
-            }
-        }
     }
 
     /// Writes one batch: the queued records, and a checkpoint after every
