@@ -51,6 +51,10 @@ pub struct GatewayArgs {
     /// Connections open at once; more are closed at once
     #[arg(long, default_value_t = 1024, value_name = "N")]
     max_connections: usize,
+    /// Threads that accept and serve connections, each with its own
+    /// event loop (0: one per core)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
     /// Calls one user may have in flight
     #[arg(long, default_value_t = 64, value_name = "N")]
     user_concurrency: usize,
@@ -159,6 +163,7 @@ pub fn run(args: GatewayArgs, state: &StateRoot) -> Result<()> {
             idle: Duration::from_secs(args.idle_timeout),
         },
         max_connections: args.max_connections,
+        threads: args.threads,
         reload_every: Duration::from_secs(args.reload_every.max(1)),
         run_as: Some(args.user),
     };
@@ -169,7 +174,9 @@ pub fn run(args: GatewayArgs, state: &StateRoot) -> Result<()> {
         // the log to a file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let tokio = tokio::runtime::Builder::new_multi_thread()
+    // Connections are served on threads of their own (`--threads`); this
+    // runtime only watches the PKI and policy and serves enrollment.
+    let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

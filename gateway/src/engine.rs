@@ -1,9 +1,15 @@
 //! The engine's Unix socket, from the gateway's side: a small pool of
 //! HTTP/1.1 connections for plain calls, a fresh connection for each
 //! streaming or hijacked call.
+//!
+//! The pool is per thread: a connection's I/O is driven by the runtime of
+//! the serving thread that opened it, so only that thread reuses it (on
+//! another thread every call would be a hand-off between the two).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -14,7 +20,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::GatewayBody;
 
-/// How many idle connections the pool keeps: enough for every call in
+/// How many idle connections each thread keeps: enough for every call in
 /// flight at a busy moment, so a burst does not turn into a connect per
 /// call (measured: with 32 and 64 clients, one new engine connection every
 /// five calls).
@@ -22,7 +28,15 @@ const POOL_IDLE: usize = 512;
 
 pub struct Engine {
     socket: PathBuf,
-    idle: Mutex<Vec<SendRequest<GatewayBody>>>,
+    /// This engine's key in each thread's pool.
+    id: u64,
+}
+
+static NEXT_ENGINE: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Idle connections by engine id, on this thread.
+    static IDLE: RefCell<HashMap<u64, Vec<SendRequest<GatewayBody>>>> = RefCell::default();
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +50,7 @@ impl Engine {
     pub fn new(socket: PathBuf) -> Engine {
         Engine {
             socket,
-            idle: Mutex::new(Vec::new()),
+            id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -68,7 +82,7 @@ impl Engine {
         request: Request<GatewayBody>,
     ) -> Result<Response<Bytes>, EngineUnavailable> {
         let mut sender = loop {
-            let pooled = self.idle.lock().expect("engine pool lock").pop();
+            let pooled = IDLE.with_borrow_mut(|idle| idle.get_mut(&self.id).and_then(Vec::pop));
             match pooled {
                 Some(mut sender) => {
                     if sender.ready().await.is_ok() {
@@ -88,10 +102,12 @@ impl Engine {
             .await
             .map_err(|e| self.unavailable(e))?
             .to_bytes();
-        let mut idle = self.idle.lock().expect("engine pool lock");
-        if idle.len() < POOL_IDLE {
-            idle.push(sender);
-        }
+        IDLE.with_borrow_mut(|idle| {
+            let idle = idle.entry(self.id).or_default();
+            if idle.len() < POOL_IDLE {
+                idle.push(sender);
+            }
+        });
         Ok(Response::from_parts(parts, bytes))
     }
 

@@ -57,6 +57,9 @@ pub struct Config {
     pub audit: moat_audit::Options,
     pub timeouts: Timeouts,
     pub max_connections: usize,
+    /// Threads that accept and serve connections, each with its own
+    /// runtime; 0: one per core.
+    pub threads: usize,
     /// How often the PKI directory is checked for a new CRL or certificate.
     pub reload_every: Duration,
     /// Bearer tokens for callers without a certificate; `None` (the
@@ -173,13 +176,13 @@ pub async fn run(
             config.reload_every,
         ),
     );
-    let server = Arc::new(server::Server {
+    let server = Arc::new(server::Server::new(
         gateway,
-        tls: tls.clone(),
+        tls.clone(),
         sessions,
-        timeouts: config.timeouts.clone(),
-        max_connections: config.max_connections,
-    });
+        config.timeouts.clone(),
+        config.max_connections,
+    ));
     if let (Some(enroll), Some(listener)) = (&config.enroll, enroll_listener) {
         let (enroll_tls, ca_pem) = tls.enrollment().context("the enrollment listener's TLS")?;
         let enrollment = Arc::new(enroll::Enrollment::new(
@@ -195,11 +198,14 @@ pub async fn run(
         tokio::spawn(enrollment.serve(listener, enroll_tls, std::future::pending()));
     }
     ready(address);
-    // The accept loop runs as a task on the runtime's workers rather than
-    // on the thread that blocks on `run` (which parks between connections).
-    tokio::spawn(server.serve(listener, shutdown))
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    server
+        .serve_on_threads(listener.into_std()?, threads, shutdown)
         .await
-        .context("the accept loop")?;
+        .context("serving connections")?;
     audit.close().await.context("closing the audit log")?;
     Ok(())
 }

@@ -47,16 +47,92 @@ pub struct Server {
     pub sessions: Sessions,
     pub timeouts: Timeouts,
     pub max_connections: usize,
+    /// One per open connection, shared by every serving thread.
+    pub slots: Arc<Semaphore>,
 }
 
 impl Server {
-    /// Accepts until `shutdown` resolves.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        tls: Arc<TlsState>,
+        sessions: Sessions,
+        timeouts: Timeouts,
+        max_connections: usize,
+    ) -> Server {
+        Server {
+            gateway,
+            tls,
+            sessions,
+            timeouts,
+            max_connections,
+            slots: Arc::new(Semaphore::new(max_connections)),
+        }
+    }
+
+    /// Serves on `threads` threads until `shutdown` resolves, then waits
+    /// for them to stop (their open connections are dropped).
+    ///
+    /// Each thread runs its own single-threaded runtime with its own accept
+    /// loop on the shared listener, as nginx runs one worker per core: a
+    /// connection's handshake, calls, engine connections and (when the log
+    /// is idle) audit commit all stay on the thread that accepted it, so a
+    /// call crosses no thread boundary of the gateway's own. Measured with
+    /// the harness's `proxy` scenario: a work-stealing runtime spent most
+    /// of the added latency handing a call between its threads.
+    pub async fn serve_on_threads(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        threads: usize,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut serving = Vec::with_capacity(threads);
+        for n in 0..threads.max(1) {
+            let listener = listener.try_clone()?;
+            let server = self.clone();
+            let mut stopped = stopped.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let thread = std::thread::Builder::new()
+                .name(format!("moat-gateway-{n}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(listener) => listener,
+                            Err(err) => {
+                                tracing::error!("serving thread {n}: {err}");
+                                return;
+                            }
+                        };
+                        let stop = async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        server.serve(listener, stop).await;
+                    })
+                })?;
+            serving.push(thread);
+        }
+        shutdown.await;
+        let _ = stop.send(true);
+        tokio::task::spawn_blocking(move || {
+            for thread in serving {
+                if thread.join().is_err() {
+                    tracing::error!("a serving thread panicked");
+                }
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)
+    }
+
+    /// Accepts on this thread's runtime until `shutdown` resolves.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        let slots = Arc::new(Semaphore::new(self.max_connections));
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -71,7 +147,7 @@ impl Server {
                 },
                 _ = &mut shutdown => return,
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                 tracing::warn!("refusing {peer}: {} connections open", self.max_connections);
                 continue;
             };
