@@ -30,6 +30,7 @@ pub mod error;
 pub mod index;
 pub mod inspect;
 pub mod names;
+mod remembered;
 pub mod store;
 pub mod tls;
 pub mod tokens;

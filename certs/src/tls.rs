@@ -15,6 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::authority::{CA_CERT, CRL, SERVER_CERT, SERVER_KEY};
+use crate::remembered::RememberingVerifier;
 use crate::{Pki, PkiError, store};
 
 /// The PEM material the gateway's TLS server is built from.
@@ -111,6 +112,10 @@ pub fn server_config(
     let verifier = builder
         .build()
         .map_err(|e| PkiError::Tls(format!("client verifier: {e}")))?;
+    // A CRL without a readable next update: nothing is remembered.
+    let crl_next_update = crate::inspect::crl_next_update(&material.crl_pem)
+        .map_or(0, |t| u64::try_from(t.unix_timestamp()).unwrap_or(0));
+    let verifier = Arc::new(RememberingVerifier::new(verifier, crl_next_update));
     let versions: &[&rustls::SupportedProtocolVersion] = if options.allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
