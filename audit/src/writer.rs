@@ -5,8 +5,9 @@
 //! every caller in it gets the error.
 //!
 //! Who commits: a caller that finds the log quiet (nothing being written,
-//! and the last batch was its caller's record alone) commits its own
-//! record on its own thread, so a lone call pays for its fsync and no
+//! and the last batch was its caller's record alone), on a thread that may
+//! wait (`Options::may_commit_here`), commits its own record on its own
+//! thread, so a lone call pays for its fsync and no
 //! thread hand-off. Otherwise the writer thread commits: records that
 //! arrive while a commit is in flight wait for it, and it takes the next
 //! batch as soon as that commit ends, so under load the callers' threads
@@ -40,6 +41,10 @@ pub struct Options {
     /// ...or this long after the last one, whichever comes first, when
     /// there is anything to cover.
     pub checkpoint_interval: Duration,
+    /// Asked on the caller's thread before it commits its own record: may
+    /// this thread wait on the disk? The gateway answers no while the
+    /// thread has other calls in flight, since they would wait too.
+    pub may_commit_here: fn() -> bool,
 }
 
 impl Default for Options {
@@ -48,6 +53,7 @@ impl Default for Options {
             max_file_bytes: 64 * 1024 * 1024,
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(5),
+            may_commit_here: || true,
         }
     }
 }
@@ -117,6 +123,7 @@ impl Drop for Handle {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    may_commit_here: fn() -> bool,
     /// Locked only by whoever set `Queue::committing`.
     writer: Mutex<Writer>,
     status: Mutex<Status>,
@@ -161,8 +168,10 @@ impl AuditLog {
                 .create(dir)
                 .map_err(AuditError::io(dir))?;
         }
+        let may_commit_here = options.may_commit_here;
         let writer = Writer::open(dir, signer, options)?;
         let shared = Arc::new(Shared {
+            may_commit_here,
             queue: Mutex::new(Queue {
                 checkpoint_due: writer.checkpoint_due(),
                 ..Queue::default()
@@ -200,7 +209,7 @@ impl AuditLog {
             if queue.committing {
                 // The writer thread takes it when the commit in flight ends.
                 None
-            } else if queue.last_batch > 1 {
+            } else if queue.last_batch > 1 || !(shared.may_commit_here)() {
                 shared.wake.notify_one();
                 None
             } else {

@@ -98,10 +98,13 @@ pub async fn run(
     );
     let signer = moat_audit::Signer::load(&config.pki_dir.join(moat_certs::authority::AUDIT_KEY))
         .context("loading the audit signing key")?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let listeners = server::bind_listeners(config.listen, threads)
         .with_context(|| format!("binding {}", config.listen))?;
-    let address = listener.local_addr()?;
+    let address = listeners[0].local_addr()?;
     let enroll_listener = match &config.enroll {
         Some(enroll) => Some(
             tokio::net::TcpListener::bind(enroll.listen)
@@ -138,7 +141,11 @@ pub async fn run(
         tracing::info!("running as {name} (uid {}), no capabilities", user.uid);
     }
 
-    let audit = moat_audit::AuditLog::open(&config.audit_dir, signer, config.audit.clone())
+    let audit_options = moat_audit::Options {
+        may_commit_here: server::may_wait_here,
+        ..config.audit.clone()
+    };
+    let audit = moat_audit::AuditLog::open(&config.audit_dir, signer, audit_options)
         .with_context(|| format!("opening the audit log in {}", config.audit_dir.display()))?;
     let enforcer = Arc::new(Enforcer::new(policy)?);
     let sessions = sessions::Sessions::default();
@@ -198,12 +205,8 @@ pub async fn run(
         tokio::spawn(enrollment.serve(listener, enroll_tls, std::future::pending()));
     }
     ready(address);
-    let threads = match config.threads {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        n => n,
-    };
     server
-        .serve_on_threads(listener.into_std()?, threads, shutdown)
+        .serve_on_threads(listeners, shutdown)
         .await
         .context("serving connections")?;
     audit.close().await.context("closing the audit log")?;

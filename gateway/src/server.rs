@@ -69,27 +69,28 @@ impl Server {
         }
     }
 
-    /// Serves on `threads` threads until `shutdown` resolves, then waits
-    /// for them to stop (their open connections are dropped).
+    /// Serves on one thread per listener until `shutdown` resolves, then
+    /// waits for them to stop (their open connections are dropped).
     ///
     /// Each thread runs its own single-threaded runtime with its own accept
-    /// loop on the shared listener, as nginx runs one worker per core: a
-    /// connection's handshake, calls, engine connections and (when the log
-    /// is idle) audit commit all stay on the thread that accepted it, so a
-    /// call crosses no thread boundary of the gateway's own. Measured with
-    /// the harness's `proxy` scenario: a work-stealing runtime spent most
-    /// of the added latency handing a call between its threads.
+    /// loop, as nginx runs one worker per core: a connection's handshake,
+    /// calls, engine connections and (when the log is quiet) audit commit
+    /// all stay on the thread that accepted it, so a call crosses no thread
+    /// boundary of the gateway's own. Measured with the harness's `proxy`
+    /// scenario: a work-stealing runtime spent most of the added latency
+    /// handing a call between its threads. The listeners share one port
+    /// (`SO_REUSEPORT`, see [`bind_listeners`]) so the kernel spreads
+    /// connections over the threads; with one shared socket, the thread
+    /// that won a burst of connections kept them all.
     pub async fn serve_on_threads(
         self: Arc<Self>,
-        listener: std::net::TcpListener,
-        threads: usize,
+        listeners: Vec<std::net::TcpListener>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
-        listener.set_nonblocking(true)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut serving = Vec::with_capacity(threads);
-        for n in 0..threads.max(1) {
-            let listener = listener.try_clone()?;
+        let mut serving = Vec::with_capacity(listeners.len());
+        for (n, listener) in listeners.into_iter().enumerate() {
+            listener.set_nonblocking(true)?;
             let server = self.clone();
             let mut stopped = stopped.clone();
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -245,6 +246,41 @@ impl Server {
     }
 }
 
+/// `count` listening sockets on one address, each with `SO_REUSEPORT`, so
+/// each serving thread accepts on its own and the kernel spreads new
+/// connections over them. Port 0 gets one port for all.
+///
+/// A port in use stays an error, as with a plain bind: the address is
+/// first bound without `SO_REUSEPORT` (which also picks the port for 0),
+/// and released just before the group binds it, so a second gateway
+/// started on the same port fails instead of sharing its connections.
+pub fn bind_listeners(
+    address: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let socket = |address: SocketAddr| {
+        let socket = if address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        Ok::<_, std::io::Error>(socket)
+    };
+    let probe = socket(address)?;
+    probe.bind(address)?;
+    let address = probe.local_addr()?;
+    drop(probe);
+    let mut listeners = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        let socket = socket(address)?;
+        socket.set_reuseport(true)?;
+        socket.bind(address)?;
+        listeners.push(socket.listen(1024)?.into_std()?);
+    }
+    Ok(listeners)
+}
+
 /// When a connection last moved a byte, and how many calls it has open.
 struct Activity {
     epoch: Instant,
@@ -284,21 +320,39 @@ async fn idle_watch(activity: Arc<Activity>, limit: Duration) {
     }
 }
 
-/// Counts a call as open from its request until its response body ends.
-struct InFlight(Arc<Activity>);
+thread_local! {
+    /// Calls in flight on this thread, over all its connections.
+    static CALLS_HERE: Arc<AtomicUsize> = Arc::default();
+}
+
+/// Whether this thread may wait on the disk for an audit commit: only
+/// while it serves no call but the one asking (the others would wait too).
+pub fn may_wait_here() -> bool {
+    CALLS_HERE.with(|calls| calls.load(Ordering::Relaxed)) <= 1
+}
+
+/// Counts a call as open, on its connection and on its thread, from its
+/// request until its response body ends.
+struct InFlight {
+    activity: Arc<Activity>,
+    thread: Arc<AtomicUsize>,
+}
 
 impl InFlight {
     fn new(activity: Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.touch();
-        InFlight(activity)
+        let thread = CALLS_HERE.with(Arc::clone);
+        thread.fetch_add(1, Ordering::Relaxed);
+        InFlight { activity, thread }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.thread.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -387,5 +441,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listeners_share_one_port_and_a_taken_port_stays_taken() {
+        let listeners = bind_listeners("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let port = listeners[0].local_addr().unwrap().port();
+        assert!(port != 0);
+        assert!(
+            listeners
+                .iter()
+                .all(|l| l.local_addr().unwrap().port() == port)
+        );
+        let again = bind_listeners(SocketAddr::from(([127, 0, 0, 1], port)), 2);
+        assert_eq!(
+            again.unwrap_err().kind(),
+            std::io::ErrorKind::AddrInUse,
+            "a second gateway could share the port"
+        );
     }
 }
