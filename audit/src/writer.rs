@@ -802,6 +802,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn callers_that_may_not_wait_leave_every_commit_to_the_writer_thread() {
+        // As the gateway's serving threads do while they serve other calls.
+        for may_commit_here in [(|| false) as fn() -> bool, || true] {
+            let dir = tempfile::tempdir().unwrap();
+            let key = Key::new();
+            let options = Options {
+                may_commit_here,
+                checkpoint_interval: Duration::from_millis(50),
+                ..options()
+            };
+            let log = AuditLog::open(dir.path(), key.signer(), options).unwrap();
+            for n in 0..5 {
+                let appended =
+                    tokio::time::timeout(Duration::from_secs(5), log.append(record("alice", n)))
+                        .await
+                        .expect("an append nobody committed")
+                        .unwrap();
+                assert_eq!(appended.seq, n as u64 + 1);
+            }
+            assert_eq!(log.status().commits, 5, "one commit per lone record");
+            // The timed checkpoint comes from the writer thread either way.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(log.status().last_checkpoint_seq, Some(6));
+            log.close().await.unwrap();
+            assert_eq!(check(dir.path(), &key).last_seq, Some(6));
+        }
+    }
+
+    #[tokio::test]
     async fn checkpoints_every_n_records_and_on_close() {
         let dir = tempfile::tempdir().unwrap();
         let key = Key::new();
