@@ -146,58 +146,13 @@ impl ClientCertVerifier for RememberingVerifier {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use rustls::server::WebPkiClientVerifier;
+    use rustls_pki_types::UnixTime;
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateRevocationListDer, UnixTime};
     use time::{Duration, OffsetDateTime};
 
     use super::*;
     use crate::Validity;
     use crate::testing::{developer, pki};
-
-    /// The CA-and-CRL verifier, counting the checks it makes.
-    #[derive(Debug)]
-    struct Counting {
-        inner: Arc<dyn ClientCertVerifier>,
-        checks: AtomicUsize,
-    }
-
-    impl ClientCertVerifier for Counting {
-        fn root_hint_subjects(&self) -> &[DistinguishedName] {
-            self.inner.root_hint_subjects()
-        }
-        fn verify_client_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            intermediates: &[CertificateDer<'_>],
-            now: UnixTime,
-        ) -> Result<ClientCertVerified, Error> {
-            self.checks.fetch_add(1, Ordering::SeqCst);
-            self.inner
-                .verify_client_cert(end_entity, intermediates, now)
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            self.inner.verify_tls12_signature(message, cert, dss)
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            self.inner.verify_tls13_signature(message, cert, dss)
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.inner.supported_verify_schemes()
-        }
-    }
 
     fn der(pem: &str) -> CertificateDer<'static> {
         CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
@@ -207,27 +162,9 @@ mod tests {
         UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.unix_timestamp() as u64))
     }
 
-    /// A remembering verifier over `pki`'s CA and CRL, and its counter.
-    fn over(pki: &crate::Pki) -> (RememberingVerifier, Arc<Counting>) {
-        let material = pki.server_material().unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der(&material.ca_pem)).unwrap();
-        let crls = CertificateRevocationListDer::pem_slice_iter(material.crl_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let inner =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
-                .with_crls(crls)
-                .enforce_revocation_expiration()
-                .build()
-                .unwrap();
-        let counting = Arc::new(Counting {
-            inner,
-            checks: AtomicUsize::new(0),
-        });
-        let next = crate::inspect::crl_next_update(&material.crl_pem).unwrap();
-        let remembering = RememberingVerifier::new(counting.clone(), next.unix_timestamp() as u64);
-        (remembering, counting)
+    /// A remembering verifier over `pki`'s CA and CRL.
+    fn over(pki: &crate::Pki) -> RememberingVerifier {
+        crate::tls::client_verifier(&pki.server_material().unwrap(), false).unwrap()
     }
 
     #[test]
@@ -237,11 +174,14 @@ mod tests {
             .issue(&developer("alice"), Validity::from_now(Duration::hours(1)))
             .unwrap()
             .cert_pem);
-        let (verifier, counting) = over(&pki);
+        let verifier = over(&pki);
         let now = UnixTime::now();
+        let key = RememberingVerifier::key(&alice, &[]);
+        assert!(!verifier.passes(&key, now.as_secs()));
         verifier.verify_client_cert(&alice, &[], now).unwrap();
+        // The next handshake with it returns before the inner check.
+        assert!(verifier.passes(&key, now.as_secs()));
         verifier.verify_client_cert(&alice, &[], now).unwrap();
-        assert_eq!(counting.checks.load(Ordering::SeqCst), 1);
     }
 
     #[test]
@@ -250,7 +190,7 @@ mod tests {
         let alice = pki
             .issue(&developer("alice"), Validity::from_now(Duration::hours(1)))
             .unwrap();
-        let (verifier, counting) = over(&pki);
+        let verifier = over(&pki);
         let now = UnixTime::now();
         verifier
             .verify_client_cert(&der(&alice.cert_pem), &[], now)
@@ -271,7 +211,6 @@ mod tests {
                 .verify_client_cert(&der(&alice.cert_pem), &[], at(expired))
                 .is_err()
         );
-        assert_eq!(counting.checks.load(Ordering::SeqCst), 3);
 
         // Nothing remembered outlives the CRL's next update.
         let next =
@@ -295,14 +234,14 @@ mod tests {
         let alice = pki
             .issue(&developer("alice"), Validity::from_now(Duration::hours(1)))
             .unwrap();
-        let (verifier, _) = over(&pki);
+        let verifier = over(&pki);
         verifier
             .verify_client_cert(&der(&alice.cert_pem), &[], UnixTime::now())
             .unwrap();
         pki.revoke_serial(&alice.record.serial).unwrap();
         // A new CRL means a new verifier (as the gateway's reload makes),
         // which remembers nothing.
-        let (verifier, _) = over(&pki);
+        let verifier = over(&pki);
         assert!(
             verifier
                 .verify_client_cert(&der(&alice.cert_pem), &[], UnixTime::now())

@@ -96,26 +96,7 @@ pub fn server_config(
     options: &ServerOptions,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = server_provider();
-    let roots = Arc::new(root_store(&material.ca_pem)?);
-    let crls = CertificateRevocationListDer::pem_slice_iter(material.crl_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PkiError::Tls(format!("CRL: {e:?}")))?;
-    if crls.is_empty() {
-        return Err(PkiError::Tls("no CRL in the CRL file".into()));
-    }
-    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .with_crls(crls)
-        .enforce_revocation_expiration();
-    if options.client_cert_optional {
-        builder = builder.allow_unauthenticated();
-    }
-    let verifier = builder
-        .build()
-        .map_err(|e| PkiError::Tls(format!("client verifier: {e}")))?;
-    // A CRL without a readable next update: nothing is remembered.
-    let crl_next_update = crate::inspect::crl_next_update(&material.crl_pem)
-        .map_or(0, |t| u64::try_from(t.unix_timestamp()).unwrap_or(0));
-    let verifier = Arc::new(RememberingVerifier::new(verifier, crl_next_update));
+    let verifier = Arc::new(client_verifier(material, options.client_cert_optional)?);
     let versions: &[&rustls::SupportedProtocolVersion] = if options.allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -136,6 +117,34 @@ pub fn server_config(
     // clients need one, and the docker CLI does not resume.
     config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
+}
+
+/// The check of a client's certificate: signed by the CA, valid, not on
+/// the CRL (which must be current), remembered once it passed.
+pub(crate) fn client_verifier(
+    material: &ServerMaterial,
+    optional: bool,
+) -> Result<RememberingVerifier, PkiError> {
+    let roots = Arc::new(root_store(&material.ca_pem)?);
+    let crls = CertificateRevocationListDer::pem_slice_iter(material.crl_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Tls(format!("CRL: {e:?}")))?;
+    if crls.is_empty() {
+        return Err(PkiError::Tls("no CRL in the CRL file".into()));
+    }
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, server_provider())
+        .with_crls(crls)
+        .enforce_revocation_expiration();
+    if optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder
+        .build()
+        .map_err(|e| PkiError::Tls(format!("client verifier: {e}")))?;
+    // A CRL without a readable next update: nothing is remembered.
+    let crl_next_update = crate::inspect::crl_next_update(&material.crl_pem)
+        .map_or(0, |t| u64::try_from(t.unix_timestamp()).unwrap_or(0));
+    Ok(RememberingVerifier::new(verifier, crl_next_update))
 }
 
 /// The gateway's enrollment listener: the same server certificate, and no
