@@ -200,7 +200,7 @@ impl AuditLog {
         let line = serde_json::to_vec(&record).map_err(|e| AuditError::Encode(Arc::new(e)))?;
         let (reply, answer) = oneshot::channel();
         let shared = &self.inner.shared;
-        let batch = {
+        let here = {
             let mut queue = lock(&shared.queue);
             if queue.closing {
                 return Err(AuditError::Closed);
@@ -213,12 +213,10 @@ impl AuditLog {
                 shared.wake.notify_one();
                 None
             } else {
-                queue.committing = true;
-                Some(std::mem::take(&mut queue.pending))
+                Some(Committing::start(shared, &mut queue))
             }
         };
-        if let Some(batch) = batch {
-            let mut commit = Committing::new(shared);
+        if let Some((mut commit, batch)) = here {
             commit.write(batch, false);
         }
         answer.await.unwrap_or(Err(AuditError::Closed))
@@ -274,15 +272,17 @@ struct Committing<'a> {
 }
 
 impl<'a> Committing<'a> {
-    /// Only after setting `committing` under the queue lock.
-    fn new(shared: &'a Shared) -> Committing<'a> {
-        let checkpoint_due = lock(&shared.queue).checkpoint_due;
-        Committing {
+    /// Takes the right to commit, and the batch queued, under the queue
+    /// lock.
+    fn start(shared: &'a Shared, queue: &mut Queue) -> (Committing<'a>, Vec<Pending>) {
+        queue.committing = true;
+        let commit = Committing {
             shared,
             records: 0,
-            checkpoint_due,
+            checkpoint_due: queue.checkpoint_due,
             closed: None,
-        }
+        };
+        (commit, std::mem::take(&mut queue.pending))
     }
 
     fn write(&mut self, batch: Vec<Pending>, closing: bool) {
@@ -325,7 +325,7 @@ impl Drop for Committing<'_> {
 fn run(shared: &Shared) {
     let _refuse_after_exit = ExitGuard(shared);
     loop {
-        let (batch, closing) = {
+        let (mut commit, batch, closing) = {
             let mut queue = lock(&shared.queue);
             loop {
                 let now = Instant::now();
@@ -348,10 +348,10 @@ fn run(shared: &Shared) {
                     _ => shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner()),
                 };
             }
-            queue.committing = true;
-            (std::mem::take(&mut queue.pending), queue.closing)
+            let closing = queue.closing;
+            let (commit, batch) = Committing::start(shared, &mut queue);
+            (commit, batch, closing)
         };
-        let mut commit = Committing::new(shared);
         commit.write(batch, closing);
         if closing {
             return;
