@@ -41,10 +41,10 @@ fn docker_fails(engine: &EngineProcess, args: &[&str]) -> String {
     text
 }
 
-/// `docker login` with the password on stdin; success and output.
-fn docker_login(engine: &EngineProcess, host: &str, user: &str, password: &str) -> (bool, String) {
-    let mut child = engine
-        .docker_cmd()
+/// `docker login` with the password on stdin, run by `docker` (a docker
+/// CLI command pointed at an engine or a gateway); success and output.
+fn docker_login(mut docker: Command, host: &str, user: &str, password: &str) -> (bool, String) {
+    let mut child = docker
         .args(["login", "-u", user, "--password-stdin", host])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -187,10 +187,10 @@ fn login_then_push_and_pull_with_basic_auth() {
     let out = docker_fails(&engine, &["push", &image]);
     assert!(out.contains("unauthorized"), "{out}");
 
-    let (ok, out) = docker_login(&engine, &host, "alice", "wrong");
+    let (ok, out) = docker_login(engine.docker_cmd(), &host, "alice", "wrong");
     assert!(!ok, "a wrong password logged in: {out}");
     assert!(out.contains("401 Unauthorized"), "{out}");
-    let (ok, out) = docker_login(&engine, &host, "alice", "correct horse");
+    let (ok, out) = docker_login(engine.docker_cmd(), &host, "alice", "correct horse");
     assert!(ok && out.contains("Login Succeeded"), "{out}");
 
     let out = engine.docker_ok(&["push", &image]);
@@ -230,9 +230,9 @@ fn bearer_tokens_from_a_token_service_over_tls() {
     // Anonymous tokens grant nothing here.
     let out = docker_fails(&engine, &["push", &image]);
     assert!(out.contains("unauthorized"), "{out}");
-    let (ok, out) = docker_login(&engine, &host, "alice", "wrong");
+    let (ok, out) = docker_login(engine.docker_cmd(), &host, "alice", "wrong");
     assert!(!ok && out.contains("401 Unauthorized"), "{out}");
-    let (ok, out) = docker_login(&engine, &host, "alice", "correct horse");
+    let (ok, out) = docker_login(engine.docker_cmd(), &host, "alice", "correct horse");
     assert!(ok && out.contains("Login Succeeded"), "{out}");
     // The CLI keeps the refresh token the engine handed back, not the
     // password, and sends it from now on.
@@ -266,27 +266,8 @@ fn login_push_and_pull_through_the_gateway_as_its_policy_allows() {
     gw.docker_ok(&operator, &["tag", "busybox:test", &image]);
 
     // docker login's body and X-Registry-Auth cross the gateway.
-    let mut child = gw
-        .docker_cmd(&operator)
-        .args(["login", "-u", "alice", "--password-stdin", &host])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"correct horse")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = docker_login(gw.docker_cmd(&operator), &host, "alice", "correct horse");
+    assert!(ok, "{out}");
     let out = gw.docker_ok(&operator, &["push", &image]);
     assert!(out.contains("Pushed"), "{out}");
     gw.docker_ok(&operator, &["rmi", &image]);

@@ -17,19 +17,6 @@ use crate::stats::Figure;
 
 const CONTAINERS: usize = 100;
 
-/// The same containers on both sides.
-const RUN: [&str; 9] = [
-    "run",
-    "-d",
-    "--ulimit",
-    "nofile=1024:1024",
-    "--ulimit",
-    "nproc=1024:1024",
-    "busybox:test",
-    "sleep",
-    "100000",
-];
-
 /// The memory of a set of processes, in KiB.
 #[derive(Clone, Copy, Default)]
 struct Footprint {
@@ -277,7 +264,9 @@ pub fn run(options: &Options) -> Vec<Figure> {
     docker(&["import", path(&tar), "busybox:test"]);
     let peer_idle_roles = settled(|| dockerd_side(exec_root));
     let peer_idle = report("dockerd", "idle", PEER, &peer_idle_roles);
-    let ids: Vec<String> = (0..CONTAINERS).map(|_| docker(&RUN)).collect();
+    let ids: Vec<String> = (0..CONTAINERS)
+        .map(|_| docker(&crate::stack::LONG_RUNNING))
+        .collect();
     let peer_busy_roles = settled(|| dockerd_side(exec_root));
     let peer_busy = report("dockerd", "busy", PEER, &peer_busy_roles);
     let mut rm = vec!["rm", "-f"];

@@ -129,6 +129,20 @@ fn proc_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
+/// `docker run` of a container that runs until removed, with the ulimits
+/// every side can take (Podman's defaults make runc fail on these hosts).
+pub const LONG_RUNNING: [&str; 9] = [
+    "run",
+    "-d",
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+    "busybox:test",
+    "sleep",
+    "100000",
+];
+
 /// An engine, a PKI, a gateway in front of the engine, a client
 /// certificate for `bench` in the group `admin`, and optionally nginx.
 pub struct Stack {
@@ -281,20 +295,7 @@ impl Stack {
             &["import", tar.to_str().expect("utf-8 path"), "busybox:test"],
         );
         for _ in 0..count {
-            let id = cli_run::docker_ok(
-                &self.engine_socket,
-                &[
-                    "run",
-                    "-d",
-                    "--ulimit",
-                    "nofile=1024:1024",
-                    "--ulimit",
-                    "nproc=1024:1024",
-                    "busybox:test",
-                    "sleep",
-                    "100000",
-                ],
-            );
+            let id = cli_run::docker_ok(&self.engine_socket, &LONG_RUNNING);
             self.containers.push(id);
         }
     }
